@@ -1,0 +1,1 @@
+"""Contracts: per-proto contract suites, code generation and breaking-change checks."""

@@ -1,0 +1,1 @@
+"""The knowledge platform's eight services, their generated API code and the shared runtime kit."""

@@ -1,0 +1,1 @@
+"""Generated from proto/ by `python -m contracts.generate`. Do not edit."""

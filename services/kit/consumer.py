@@ -1,0 +1,208 @@
+"""Consuming platform events: a consumer group, idempotent by event id, offsets committed only
+after the work is durable, and a dead-letter topic for what cannot be processed.
+
+For each record: decode the envelope (undecodable → dead letter); skip event types nobody
+handles; run the handler at most once per event id (`IdempotencyGuard`); retry failures a few
+times, then dead-letter. `PermanentEventError` (a payload the handler can never accept) goes
+to the dead-letter topic at once. Offsets are committed per partition after each batch, so a
+crash re-delivers at most one batch, which the guard turns into no-ops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from google.protobuf.message import DecodeError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.kit.db import SessionFactory
+from services.kit.events import EventEnvelope, context_of_headers, dead_letter_topic
+from services.kit.kafka import EventProducer, messaging_attributes
+from services.kit.outbox import processed_events
+
+log = logging.getLogger("services.kit.consumer")
+_tracer = trace.get_tracer("services.kit.consumer")
+
+EventHandler = Callable[[EventEnvelope], Awaitable[None]]
+
+# The transaction a PostgresIdempotency-guarded handler writes in.
+current_session: contextvars.ContextVar[AsyncSession] = contextvars.ContextVar("current_session")
+
+
+class PermanentEventError(Exception):
+    """The event can never be processed (bad payload, impossible state): dead-letter it now."""
+
+
+class IdempotencyGuard(Protocol):
+    async def run_once(self, consumer_group: str, event_id: str, work: Callable[[], Awaitable[None]]) -> bool:
+        """Run `work` unless this event was already processed; True when it ran."""
+        ...
+
+
+class PostgresIdempotency:
+    """Marks the event processed in the same transaction as the handler's own writes.
+
+    The handler receives that transaction through `current_session` (see `run_once`)."""
+
+    def __init__(self, sessions: SessionFactory) -> None:
+        self.sessions = sessions
+
+    async def run_once(self, consumer_group: str, event_id: str, work: Callable[[], Awaitable[None]]) -> bool:
+        async with self.sessions() as session, session.begin():
+            inserted = await session.execute(
+                insert(processed_events)
+                .values(consumer_group=consumer_group, event_id=event_id)
+                .on_conflict_do_nothing()
+                .returning(processed_events.c.event_id)
+            )
+            if inserted.first() is None:
+                return False
+            token = current_session.set(session)
+            try:
+                await work()
+            finally:
+                current_session.reset(token)
+        return True
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 3
+    first_delay_s: float = 0.2
+    multiplier: float = 4.0
+
+    def delays(self) -> list[float]:
+        return [self.first_delay_s * self.multiplier**n for n in range(self.attempts - 1)]
+
+
+@dataclass
+class ConsumerStats:
+    processed: int = 0
+    duplicates: int = 0
+    ignored: int = 0
+    dead_lettered: int = 0
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        group_id: str,
+        topics: Sequence[str],
+        handlers: Mapping[str, EventHandler],
+        guard: IdempotencyGuard,
+        producer: EventProducer,
+        retry: RetryPolicy | None = None,
+        max_batch: int = 100,
+    ) -> None:
+        self.group_id = group_id
+        self.topics = list(topics)
+        self.handlers = dict(handlers)
+        self.guard = guard
+        self.producer = producer
+        self.retry = retry or RetryPolicy()
+        self.max_batch = max_batch
+        self.stats = ConsumerStats()
+        self.consumer = AIOKafkaConsumer(
+            *self.topics,
+            bootstrap_servers=bootstrap,
+            group_id=group_id,
+            client_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+        )
+
+    async def start(self) -> None:
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+    async def run(self) -> None:
+        """Consume until cancelled."""
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=500, max_records=self.max_batch)
+            for partition, records in batches.items():
+                for record in records:
+                    await self.handle_record(record)
+                await self.consumer.commit({partition: records[-1].offset + 1})
+
+    async def handle_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        """Process one record to a final outcome: done, duplicate, ignored or dead-lettered."""
+        with _tracer.start_as_current_span(
+            f"process {record.topic}",
+            context=context_of_headers(record.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                **messaging_attributes(record.topic, "process"),
+                "messaging.consumer.group.name": self.group_id,
+                "messaging.destination.partition.id": str(record.partition),
+                "messaging.kafka.offset": record.offset,
+            },
+        ) as span:
+            try:
+                envelope = EventEnvelope.FromString(record.value or b"")
+            except DecodeError as error:
+                await self.dead_letter(record, f"undecodable envelope: {error}")
+                return
+            span.set_attribute("messaging.message.id", envelope.event_id)
+            span.set_attribute("event.type", envelope.event_type)
+            handler = self.handlers.get(envelope.event_type)
+            if handler is None:
+                self.stats.ignored += 1
+                return
+            await self._process(record, envelope, handler, span)
+
+    async def _process(
+        self, record: ConsumerRecord[bytes, bytes], envelope: EventEnvelope, handler: EventHandler, span: trace.Span
+    ) -> None:
+        delays = [*self.retry.delays(), None]
+        for delay in delays:
+            try:
+                ran = await self.guard.run_once(self.group_id, envelope.event_id, lambda: handler(envelope))
+            except PermanentEventError as error:
+                await self.dead_letter(record, f"rejected by handler: {error}")
+                return
+            except Exception as error:
+                span.record_exception(error)
+                if delay is None:
+                    await self.dead_letter(record, f"failed {self.retry.attempts} times: {error!r}")
+                    return
+                log.warning("handling %s failed, retrying in %.1f s: %r", envelope.event_id, delay, error)
+                await asyncio.sleep(delay)
+                continue
+            if ran:
+                self.stats.processed += 1
+            else:
+                self.stats.duplicates += 1
+                span.set_attribute("event.duplicate", True)
+            return
+
+    async def dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        """Park the record, unchanged, with where it came from and why."""
+        span = trace.get_current_span()
+        span.set_status(Status(StatusCode.ERROR, reason))
+        span.set_attribute("event.dead_lettered", True)
+        headers = [
+            *(record.headers or ()),
+            ("dlq.reason", reason.encode()),
+            ("dlq.original_topic", record.topic.encode()),
+            ("dlq.original_partition", str(record.partition).encode()),
+            ("dlq.original_offset", str(record.offset).encode()),
+            ("dlq.consumer_group", self.group_id.encode()),
+        ]
+        await self.producer.send_raw(dead_letter_topic(self.group_id), record.value, record.key, headers)
+        self.stats.dead_lettered += 1
+        log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+

@@ -1,0 +1,47 @@
+"""Service settings, read from the environment (prefix KP_), with local-stack defaults.
+
+Every service reads the same base settings; a service adds its own fields by subclassing.
+The launcher passes the real addresses of the running stack through the same variables.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The platform's token identity, shared by the auth service (issuer), every verifier and Envoy.
+JWT_ISSUER = "https://auth.platform.local"
+JWT_AUDIENCE = "knowledge-platform"
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KP_", extra="ignore")
+
+    service_name: str = "unnamed"
+    environment: str = "local"
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 0
+    # Seconds in-flight RPCs get to finish on shutdown.
+    shutdown_grace_s: float = 5.0
+
+    postgres_dsn: str = "postgresql://postgres@127.0.0.1:15432"
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    dynamodb_url: str = "http://127.0.0.1:18000"
+    clickhouse_url: str = "http://127.0.0.1:18123"
+    smtp_address: str = "127.0.0.1:11025"
+
+    otlp_endpoint: str = "127.0.0.1:14317"
+    # Fraction of new traces recorded; 1.0 locally, lower for load runs (KP_TRACE_SAMPLE_RATIO).
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    tracing_enabled: bool = True
+
+    jwt_issuer: str = JWT_ISSUER
+    jwt_audience: str = JWT_AUDIENCE
+    auth_grpc_target: str = "127.0.0.1:50051"
+    knowledge_grpc_target: str = "127.0.0.1:50052"
+
+    def database_dsn(self, database: str) -> str:
+        """SQLAlchemy async DSN for one of the service's databases."""
+        base = self.postgres_dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+        return f"{base.rstrip('/')}/{database}"

@@ -1,0 +1,1 @@
+"""The local simulation environment: topology, native launcher, scenarios and CLI."""

@@ -1,0 +1,310 @@
+"""Starts and stops the components of a topology as local processes.
+
+Components start in dependency waves; within a wave they start together. Each process gets its
+own process group, its log file in the run directory, and (on Linux) a parent-death signal, so
+a launcher that dies for any reason takes its components with it. A component that fails to
+start stops everything already started and surfaces a `ComponentError` naming the cause and
+the remedy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from simulations.components.base import (
+    Component,
+    ComponentContext,
+    ComponentError,
+    Launch,
+    NotReady,
+    running_as_root,
+    user_ids,
+)
+from simulations.rundir import ComponentRecord, RunDirectory
+from simulations.topology import PORT_OFFSET_ENV, Topology, port_override_env, resolve_ports
+
+PROBE_INTERVAL_S = 0.05
+STOP_GRACE_S = 15.0
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Running:
+    component: Component
+    process: subprocess.Popen[bytes]
+    launch: Launch
+    ports: dict[str, int]
+    log_path: Path
+    started_at: float
+    ready_after_s: float = 0.0
+
+
+@dataclass
+class StartReport:
+    """How long each component took from spawn to healthy, in start order."""
+
+    ready_after_s: dict[str, float] = field(default_factory=dict)
+    total_s: float = 0.0
+
+
+class Launcher:
+    """Owns the processes of one run directory."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        run_dir: RunDirectory,
+        *,
+        die_with_parent: bool = True,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.topology = topology
+        self.run_dir = run_dir
+        self.die_with_parent = die_with_parent
+        self.on_change = on_change or (lambda: None)
+        self.running: dict[str, Running] = {}
+
+    # ----------------------------------------------------------------- start
+
+    async def start(self) -> StartReport:
+        """Start every component, wave by wave. On failure, stop what started and re-raise."""
+        report = StartReport()
+        began = time.monotonic()
+        try:
+            for wave in self.topology.waves():
+                await asyncio.gather(*(self._start_one(cls) for cls in wave))
+        except BaseException:
+            await self.stop()
+            raise
+        report.total_s = time.monotonic() - began
+        report.ready_after_s = {name: r.ready_after_s for name, r in self.running.items()}
+        return report
+
+    async def _start_one(self, cls: type[Component]) -> None:
+        ports = resolve_ports(cls)
+        for role, port in ports.items():
+            check_port_free(cls.name, role, port)
+        component = cls(self._context(cls, ports))
+        component.preflight()
+        await component.prepare()
+        launch = component.launch()
+        log_path = self.run_dir.log_path(cls.name)
+        process = spawn(cls.name, launch, log_path, die_with_parent=self.die_with_parent)
+        running = Running(component, process, launch, ports, log_path, time.monotonic())
+        self.running[cls.name] = running
+        self._record(running, healthy=False)
+        await wait_until_ready(running, cls.start_timeout_s)
+        await component.provision()
+        running.ready_after_s = time.monotonic() - running.started_at
+        self._record(running, healthy=True)
+
+    def _context(self, cls: type[Component], ports: dict[str, int]) -> ComponentContext:
+        return ComponentContext(
+            name=cls.name,
+            data_dir=self.run_dir.data_dir(cls.name),
+            cache_dir=self.run_dir.cache_dir,
+            ports=ports,
+            endpoints_of={name: r.component.endpoints() for name, r in self.running.items()},
+            settings=self.topology.settings.get(cls.name, {}),
+        )
+
+    def _record(self, running: Running, *, healthy: bool) -> None:
+        component = running.component
+        self.run_dir.record_component(
+            ComponentRecord(
+                name=component.name,
+                version=component.version,
+                pid=running.process.pid,
+                ports=running.ports,
+                endpoints=component.endpoints(),
+                log=str(running.log_path),
+                healthy=healthy,
+                ready_after_s=round(running.ready_after_s, 3),
+            )
+        )
+        self.on_change()
+
+    # ------------------------------------------------------------------ stop
+
+    async def stop(self) -> dict[str, float]:
+        """Stop components in reverse start order; returns seconds each took to go away."""
+        durations: dict[str, float] = {}
+        for wave in reversed(self.topology.waves()):
+            names = [cls.name for cls in wave if cls.name in self.running]
+            results = await asyncio.gather(*(self._stop_one(name) for name in names))
+            durations.update(zip(names, results, strict=True))
+        return durations
+
+    async def _stop_one(self, name: str) -> float:
+        running = self.running.pop(name)
+        began = time.monotonic()
+        await terminate(running.process, running.launch.stop_signal)
+        await wait_ports_closed(running.ports.values(), timeout_s=STOP_GRACE_S)
+        self.run_dir.forget_component(name)
+        self.on_change()
+        return time.monotonic() - began
+
+
+# ---------------------------------------------------------------- processes
+
+
+def spawn(name: str, launch: Launch, log_path: Path, *, die_with_parent: bool) -> subprocess.Popen[bytes]:
+    """Start a component process in its own process group, output appended to its log."""
+    executable = launch.argv[0]
+    if shutil.which(executable) is None and not Path(executable).exists():
+        raise ComponentError(name, f"executable not found: {executable}", "run the setup command again")
+    run_as = launch.run_as_when_root if running_as_root() else None
+    uid_gid = user_ids(run_as) if run_as else None
+    stop_signal = launch.stop_signal
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(launch.argv)}\n".encode())
+        log.flush()
+
+        def in_child() -> None:
+            # Runs after the uid switch, so the death signal survives it (prctl(2)).
+            if die_with_parent:
+                _set_parent_death_signal(stop_signal)
+
+        return subprocess.Popen(
+            list(launch.argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=launch.cwd,
+            env={**os.environ, **launch.env},
+            start_new_session=True,
+            user=uid_gid[0] if uid_gid else None,
+            group=uid_gid[1] if uid_gid else None,
+            extra_groups=[] if uid_gid else None,
+            preexec_fn=in_child,
+        )
+
+
+def _set_parent_death_signal(sig: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+async def wait_until_ready(running: Running, timeout_s: float) -> None:
+    """Probe until the component serves, it exits, or the deadline passes."""
+    component = running.component
+    deadline = time.monotonic() + timeout_s
+    last_reason = "no probe answered yet"
+    while True:
+        exit_code = running.process.poll()
+        if exit_code is not None:
+            raise ComponentError(
+                component.name,
+                f"process exited with code {exit_code} during start-up: {log_tail(running.log_path)}",
+                f"read the full log at {running.log_path}",
+            )
+        try:
+            await component.probe()
+            return
+        except NotReady as not_ready:
+            last_reason = str(not_ready) or "not ready"
+        if time.monotonic() > deadline:
+            raise ComponentError(
+                component.name,
+                f"not healthy after {timeout_s:.0f} s (last probe: {last_reason})",
+                f"read the log at {running.log_path}; a slow machine may need a longer start timeout",
+            )
+        await asyncio.sleep(PROBE_INTERVAL_S)
+
+
+async def terminate(process: subprocess.Popen[bytes], stop_signal: int, grace_s: float = STOP_GRACE_S) -> None:
+    """Ask the process group to stop; kill it when the grace period runs out."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, stop_signal)
+    deadline = time.monotonic() + grace_s
+    while process.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    # Whatever is left in the group (children of the server) goes now.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    if process.poll() is None:
+        process.wait(timeout=5)
+
+
+def kill_process_tree(pid: int, stop_signal: int = signal.SIGTERM, grace_s: float = STOP_GRACE_S) -> None:
+    """Stop a process we did not spawn in this launcher (found in a state file)."""
+    try:
+        process = psutil.Process(pid)
+        tree = [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for member in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.send_signal(stop_signal)
+    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    for member in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def log_tail(path: Path, lines: int = 8) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log written)"
+    tail = [line for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(tail)
+
+
+# -------------------------------------------------------------------- ports
+
+
+def port_is_listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def check_port_free(component: str, role: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as candidate:
+        # Like the servers themselves: connections in TIME_WAIT do not make a port busy.
+        candidate.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            candidate.bind(("127.0.0.1", port))
+            return
+        except OSError:
+            pass
+    raise ComponentError(
+        component,
+        f"port {port} ({role}) is already in use{describe_port_owner(port)}",
+        f"stop that process (`python -m simulations down` if it is an earlier stack), "
+        f"or move this stack with {PORT_OFFSET_ENV}=100 or {port_override_env(component, role)}=<port>",
+    )
+
+
+def describe_port_owner(port: int) -> str:
+    try:
+        for connection in psutil.net_connections(kind="tcp"):
+            if connection.laddr and connection.laddr.port == port and connection.status == "LISTEN":
+                if connection.pid is None:
+                    return ""
+                return f" by {psutil.Process(connection.pid).name()} (pid {connection.pid})"
+    except (psutil.AccessDenied, psutil.NoSuchProcess):
+        pass
+    return ""
+
+
+async def wait_ports_closed(ports: Iterable[int], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while any(port_is_listening(port) for port in ports) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
