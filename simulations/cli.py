@@ -1,11 +1,11 @@
 """Command line: `python -m simulations up|status|down|run|bench|logs`.
 
-    up [--detach] [--keep-data]   start the stack (foreground: Ctrl-C stops it)
-    status [--json]               what runs, where, and whether it answers its probe now
-    down                          stop the stack; nothing keeps running or listening
-    run SCENARIO                  run a scenario (starts the stack detached when needed)
-    bench startup [--repeat N]    cold-start and teardown time per component
-    logs COMPONENT [--lines N]    the end of a component's log
+up [--detach] [--keep-data]   start the stack (foreground: Ctrl-C stops it)
+status [--json]               what runs, where, and whether it answers its probe now
+down                          stop the stack; nothing keeps running or listening
+run SCENARIO                  run a scenario (starts the stack detached when needed)
+bench startup [--repeat N]    cold-start and teardown time per component
+logs COMPONENT [--lines N]    the end of a component's log
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from typing import Any
 
@@ -24,6 +25,9 @@ from simulations.topology import Topology
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiokafka reports routine retries (a group coordinator still starting) as errors.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     parser = build_parser()
     args = parser.parse_args(argv)
     run_dir = RunDirectory()
@@ -33,13 +37,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m simulations", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m simulations",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     up = commands.add_parser("up", help="start the stack")
     up.add_argument("--detach", action="store_true", help="return once healthy; the stack keeps running")
     up.add_argument("--keep-data", action="store_true", help="keep the data of the previous run")
+    up.add_argument("--only", default="", metavar="NAMES", help="comma-separated components (plus what they depend on)")
     up.set_defaults(handler=command_up)
 
     status = commands.add_parser("status", help="show the stack")
@@ -69,9 +77,15 @@ def command_up(args: argparse.Namespace, run_dir: RunDirectory, topology: Topolo
     if running_state(run_dir) is not None:
         print(f"a stack is already running from {run_dir.root}; `python -m simulations down` stops it")
         return 1
+    if args.only:
+        topology = topology.subset(args.only.split(","))
     if args.detach:
+        forwarded = [
+            *(["--keep-data"] if args.keep_data else []),
+            *(["--only", args.only] if args.only else []),
+        ]
         try:
-            state = start_detached(run_dir, ["--keep-data"] if args.keep_data else [])
+            state = start_detached(run_dir, forwarded)
         except RuntimeError as error:
             print(f"stack failed to start: {error}", file=sys.stderr)
             return 1
@@ -142,7 +156,7 @@ def command_logs(args: argparse.Namespace, run_dir: RunDirectory, topology: Topo
     if not path.exists():
         print(f"no log for {args.component!r} at {path}")
         return 1
-    print("\n".join(path.read_text(errors="replace").splitlines()[-args.lines:]))
+    print("\n".join(path.read_text(errors="replace").splitlines()[-args.lines :]))
     return 0
 
 

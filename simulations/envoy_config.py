@@ -24,6 +24,7 @@ from typing import Any
 UPSTREAM_DOMAIN = "platform.local"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 JWT_PROVIDER = "platform"
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def listener(settings: EnvoySettings) -> dict[str, Any]:
 
 def connection_manager(settings: EnvoySettings) -> dict[str, Any]:
     return {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": HCM_TYPE,
         "stat_prefix": "edge",
         "codec_type": "AUTO",
         "strip_any_host_port": True,

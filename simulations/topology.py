@@ -20,9 +20,7 @@ def port_override_env(component: str, role: str) -> str:
     return f"KP_{component}_{role}_PORT".upper().replace("-", "_")
 
 
-def resolve_ports(
-    component: type[Component], environ: Mapping[str, str] = os.environ
-) -> dict[str, int]:
+def resolve_ports(component: type[Component], environ: Mapping[str, str] = os.environ) -> dict[str, int]:
     """Default ports shifted by KP_PORT_OFFSET, then any per-port override."""
     offset = int(environ.get(PORT_OFFSET_ENV, "0"))
     ports = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,9 +36,7 @@ class Principal:
     raw_token: str  # forwarded to services called on the caller's behalf
 
 
-_current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
-    "current_principal", default=None
-)
+_current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("current_principal", default=None)
 
 
 def current_principal() -> Principal:
@@ -81,9 +79,7 @@ class RefreshingKeys:
     """Keys fetched from the issuer, refreshed when an unknown `kid` shows up (at most every
     `min_refresh_s`, so forged kids cannot make us hammer the issuer)."""
 
-    def __init__(
-        self, fetch_jwks: Callable[[], Awaitable[Mapping[str, Any]]], min_refresh_s: float = 5.0
-    ) -> None:
+    def __init__(self, fetch_jwks: Callable[[], Awaitable[Mapping[str, Any]]], min_refresh_s: float = 5.0) -> None:
         self._fetch = fetch_jwks
         self._min_refresh_s = min_refresh_s
         self._keys: dict[str, PyJWK] = {}
@@ -158,7 +154,7 @@ def decode_claims(token: str, key: PyJWK, issuer: str, audiences: Sequence[str],
     return claims
 
 
-def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
     """The token from an `authorization: Bearer ...` metadata entry, if any."""
     for key, value in metadata or ():
         if key.lower() == "authorization":

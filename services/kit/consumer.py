@@ -165,7 +165,11 @@ class EventConsumer:
             await self._process(record, envelope, handler, span)
 
     async def _process(
-        self, record: ConsumerRecord[bytes, bytes], envelope: EventEnvelope, handler: EventHandler, span: trace.Span
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        envelope: EventEnvelope,
+        handler: EventHandler,
+        span: trace.Span,
     ) -> None:
         delays = [*self.retry.delays(), None]
         for delay in delays:
@@ -205,4 +209,3 @@ class EventConsumer:
         await self.producer.send_raw(dead_letter_topic(self.group_id), record.value, record.key, headers)
         self.stats.dead_lettered += 1
         log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
-

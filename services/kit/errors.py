@@ -90,9 +90,11 @@ def status_for(error: BaseException, trace_id: str = "") -> StatusReply:
     """Map any exception to the reply the caller sees. Pure, so every mapping is unit-tested."""
     if isinstance(error, InvalidArgument):
         violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.problem)
-        return StatusReply(error.code, error.message, _rich_status(error, error_details_pb2.BadRequest(
-            field_violations=[violation]
-        )))
+        return StatusReply(
+            error.code,
+            error.message,
+            _rich_status(error, error_details_pb2.BadRequest(field_violations=[violation])),
+        )
     if isinstance(error, RateLimited):
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromMilliseconds(int(error.retry_after_s * 1000))
@@ -103,9 +105,9 @@ def status_for(error: BaseException, trace_id: str = "") -> StatusReply:
     return StatusReply(grpc.StatusCode.INTERNAL, f"internal error{reference}; the service log has the details")
 
 
-def _rich_status(error: DomainError, detail: error_details_pb2.BadRequest | error_details_pb2.RetryInfo) -> (
-    status_pb2.Status
-):
+def _rich_status(
+    error: DomainError, detail: error_details_pb2.BadRequest | error_details_pb2.RetryInfo
+) -> status_pb2.Status:
     packed = any_pb2.Any()
     packed.Pack(detail)
     return status_pb2.Status(code=_rpc_code(error.code), message=error.message, details=[packed])

@@ -12,6 +12,7 @@ consumers absorb by event id). A transaction-scoped advisory lock keeps a second
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
@@ -118,10 +119,8 @@ class OutboxRelay:
                 await self._idle()
 
     async def _idle(self) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=self.idle_poll_s)
-        except TimeoutError:
-            pass
         self._wake.clear()
 
     async def publish_pending(self) -> int:
@@ -145,9 +144,7 @@ class OutboxRelay:
             await session.execute(
                 update(outbox).where(outbox.c.id.in_([row.id for row in rows])).values(published_at=func.now())
             )
-            await session.execute(
-                delete(outbox).where(outbox.c.published_at < func.now() - PUBLISHED_RETENTION)
-            )
+            await session.execute(delete(outbox).where(outbox.c.published_at < func.now() - PUBLISHED_RETENTION))
         self.published_total += len(rows)
         return len(rows)
 

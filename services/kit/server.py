@@ -61,6 +61,8 @@ def set_deadline_in(seconds: float | None) -> contextvars.Token[float | None]:
 
 
 Registrar = Callable[[grpc.aio.Server], None]
+Handler = grpc.RpcMethodHandler[Any, Any]
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 @dataclass(frozen=True)
@@ -86,17 +88,17 @@ class RpcBoundary(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
-            return handler
+            return None
         method: str = handler_call_details.method
         return wrap_handler(handler, self._enter(method, self.is_public(method)))
 
-    def _enter(self, method: str, public: bool) -> Callable[[grpc.aio.ServicerContext], Awaitable[CallScope]]:
-        async def enter(context: grpc.aio.ServicerContext) -> CallScope:
+    def _enter(self, method: str, public: bool) -> Callable[[Context], Awaitable[CallScope]]:
+        async def enter(context: Context) -> CallScope:
             scope = CallScope(context)
             scope.deadline_token = set_deadline_in(context.time_remaining())
             try:
@@ -108,7 +110,7 @@ class RpcBoundary(grpc.aio.ServerInterceptor):
 
         return enter
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext, public: bool) -> Principal | None:
+    async def _authenticate(self, context: Context, public: bool) -> Principal | None:
         """The caller's principal; public methods accept anonymous calls and ignore bad tokens."""
         if self.verifier is None:
             return None
@@ -126,7 +128,7 @@ class RpcBoundary(grpc.aio.ServerInterceptor):
 class CallScope:
     """The context of one call: set up on entry, torn down on exit, errors mapped in between."""
 
-    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+    def __init__(self, context: Context) -> None:
         self.context = context
         self.deadline_token: contextvars.Token[float | None] | None = None
         self.principal_token: contextvars.Token[Principal | None] | None = None
@@ -148,13 +150,13 @@ class CallScope:
         await self.context.abort(reply.code, reply.message, trailing)
 
 
-Enter = Callable[[grpc.aio.ServicerContext], Awaitable[CallScope]]
+Enter = Callable[[Context], Awaitable[CallScope]]
 
 
-def wrap_handler(handler: grpc.RpcMethodHandler, enter: Enter) -> grpc.RpcMethodHandler:
+def wrap_handler(handler: Handler, enter: Enter) -> Handler:
     """The same handler, run inside a CallScope, for each of the four RPC shapes."""
 
-    async def run_unary(behavior: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def run_unary(behavior: Any, request: Any, context: Context) -> Any:
         scope = await enter(context)
         try:
             return await behavior(request, context)
@@ -165,7 +167,7 @@ def wrap_handler(handler: grpc.RpcMethodHandler, enter: Enter) -> grpc.RpcMethod
         finally:
             scope.close()
 
-    async def run_streaming(behavior: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def run_streaming(behavior: Any, request: Any, context: Context) -> AsyncIterator[Any]:
         scope = await enter(context)
         try:
             async for response in behavior(request, context):
@@ -224,7 +226,7 @@ async def build_server(
 ) -> BuiltServer:
     """A started server that answers health NOT_SERVING until `set_serving(True)`."""
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(), RpcBoundary(verifier, spec.public_methods)],
+        interceptors=[aio_server_interceptor(), RpcBoundary(verifier, spec.public_methods)],  # type: ignore[no-untyped-call]
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -55,12 +55,9 @@ KEEPALIVE_SQL = (
 # everything clients send comes over HTTP, so this never touches their queries' text.
 CANCEL_SQL = "KILL QUERY WHERE interface = 'Local' SYNC"
 # Queries clients have in flight, other than this one.
-RUNNING_CLIENT_QUERIES_SQL = (
-    "SELECT count() FROM system.processes WHERE interface = 'HTTP' AND query_id != queryID()"
-)
+RUNNING_CLIENT_QUERIES_SQL = "SELECT count() FROM system.processes WHERE interface = 'HTTP' AND query_id != queryID()"
 OURS_SQL = (
-    "SELECT version() FROM system.processes "
-    f"WHERE interface = 'Local' AND Settings['log_comment'] = '{KEEPALIVE_TAG}'"
+    f"SELECT version() FROM system.processes WHERE interface = 'Local' AND Settings['log_comment'] = '{KEEPALIVE_TAG}'"
 )
 # On a stop, queries already running get this long to finish before their connections are cut.
 DRAIN_S = 2.0
@@ -74,10 +71,7 @@ def log(message: str, stream: TextIO = sys.stdout) -> None:
 
 def config_xml(http_port: int) -> str:
     return (
-        "<clickhouse>\n"
-        f"    <http_port>{http_port}</http_port>\n"
-        f"    <listen_host>{HOST}</listen_host>\n"
-        "</clickhouse>\n"
+        f"<clickhouse>\n    <http_port>{http_port}</http_port>\n    <listen_host>{HOST}</listen_host>\n</clickhouse>\n"
     )
 
 

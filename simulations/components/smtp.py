@@ -26,8 +26,13 @@ class SmtpSink(Component):
     def launch(self) -> Launch:
         return Launch(
             argv=[
-                sys.executable, "-m", "simulations.mail.sink",
-                "--smtp-port", str(self.ctx.port("smtp")), "--http-port", str(self.ctx.port("api")),
+                sys.executable,
+                "-m",
+                "simulations.mail.sink",
+                "--smtp-port",
+                str(self.ctx.port("smtp")),
+                "--http-port",
+                str(self.ctx.port("api")),
             ]
         )
 

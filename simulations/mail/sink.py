@@ -163,9 +163,7 @@ def build_api(mailbox: Mailbox) -> web.Application:
 async def serve(smtp_port: int, http_port: int) -> None:
     mailbox = Mailbox()
     loop = asyncio.get_running_loop()
-    smtp = await loop.create_server(
-        lambda: SMTP(mailbox, hostname="smtp-sink.local"), host="127.0.0.1", port=smtp_port
-    )
+    smtp = await loop.create_server(lambda: SMTP(mailbox, hostname="smtp-sink.local"), host="127.0.0.1", port=smtp_port)
     runner = web.AppRunner(build_api(mailbox), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", http_port).start()

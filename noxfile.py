@@ -1,0 +1,77 @@
+"""Sessions for CI and for people. Every session runs in the project environment that
+`uv run --frozen` keeps in sync with uv.lock, so nothing is installed twice.
+
+    uv run --frozen nox -s tests        everything CI runs: drift check, lint, all tests
+    uv run --frozen nox -s unit         fast tests, no stack needed
+    uv run --frozen nox -s system       tests against the running stack (started if needed)
+    uv run --frozen nox -s lint         ruff, ruff format, mypy
+    uv run --frozen nox -s proto        regenerate services/api from proto/ (-- --check: only compare)
+    uv run --frozen nox -s up / down / status / smoke
+    uv run --frozen nox -s bench        startup benchmark (stops a running stack first)
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.default_venv_backend = "none"
+
+PYTEST_PARALLEL = ["-n", "2", "--dist", "loadgroup"]
+
+
+@nox.session(python=False)
+def lint(session: nox.Session) -> None:
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy", ".")
+
+
+@nox.session(python=False)
+def proto(session: nox.Session) -> None:
+    """Regenerate the API code and descriptor set; `-- --check` fails on drift instead."""
+    session.run("python", "-m", "contracts.generate", *session.posargs)
+
+
+@nox.session(python=False)
+def unit(session: nox.Session) -> None:
+    session.run("pytest", "tests/unit", *session.posargs)
+
+
+@nox.session(python=False)
+def system(session: nox.Session) -> None:
+    session.run("pytest", "tests/system", "contracts", *PYTEST_PARALLEL, *session.posargs)
+
+
+@nox.session(python=False)
+def tests(session: nox.Session) -> None:
+    """Everything: generated code matches the protos, lint, then every test."""
+    session.run("python", "-m", "contracts.generate", "--check")
+    lint(session)
+    session.run("pytest", *PYTEST_PARALLEL, *session.posargs)
+
+
+@nox.session(python=False)
+def up(session: nox.Session) -> None:
+    session.run("python", "-m", "simulations", "up", "--detach", *session.posargs)
+
+
+@nox.session(python=False)
+def down(session: nox.Session) -> None:
+    session.run("python", "-m", "simulations", "down")
+
+
+@nox.session(python=False)
+def status(session: nox.Session) -> None:
+    session.run("python", "-m", "simulations", "status", *session.posargs)
+
+
+@nox.session(python=False)
+def smoke(session: nox.Session) -> None:
+    session.run("python", "-m", "simulations", "run", "smoke")
+
+
+@nox.session(python=False)
+def bench(session: nox.Session) -> None:
+    session.run("python", "-m", "simulations", "down")
+    session.run("python", "-m", "simulations", "bench", "startup", *session.posargs)

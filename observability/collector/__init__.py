@@ -1,0 +1,1 @@
+"""The OTLP receiver: OTLP/gRPC and OTLP/HTTP in, the OTel ClickHouse exporter's schema out."""

@@ -1,0 +1,336 @@
+"""One real-client check per component of the running stack.
+
+Each check does real work over the component's own protocol and raises AssertionError with
+what it saw when the component misbehaves. The smoke scenario runs them all and prints a
+summary; the system tests run the same table, one test per row. Adding a component means
+adding one check and one row to `CHECKS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+
+import aioboto3
+import aiohttp
+import asyncpg
+import grpc
+import redis.asyncio as aioredis
+from aiobotocore.config import AioConfig
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from botocore.exceptions import ClientError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from simulations.components.dynamodb import LOCAL_ACCESS_KEY, LOCAL_REGION, LOCAL_SECRET_KEY
+from simulations.endpoints import StackEndpoints
+from simulations.envoy_config import UPSTREAM_DOMAIN
+
+Check = Callable[[StackEndpoints], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+    seconds: float
+
+
+async def run_check(name: str, check: Check, stack: StackEndpoints, timeout_s: float = 30.0) -> CheckResult:
+    began = time.monotonic()
+    try:
+        detail = await asyncio.wait_for(check(stack), timeout_s)
+        ok = True
+    except TimeoutError:
+        detail, ok = f"no answer within {timeout_s:.0f} s", False
+    except Exception as error:
+        detail, ok = f"{type(error).__name__}: {error}", False
+    return CheckResult(name, ok, detail, time.monotonic() - began)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+# ------------------------------------------------------------------- Kafka
+
+
+async def check_kafka(stack: StackEndpoints) -> str:
+    """Create a topic, produce keyed records with headers, consume them in a consumer group
+    and commit; a second consumer in the same group then sees nothing new."""
+    topic, group = unique("smoke-topic"), unique("smoke-group")
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        sent = [f"message {n}".encode() for n in range(20)]
+        for n, value in enumerate(sent):
+            await producer.send(topic, value=value, key=str(n % 4).encode(), headers=[("n", str(n).encode())])
+        await producer.flush()
+    finally:
+        await producer.stop()
+    received = await _consume(stack, topic, group, expected=len(sent))
+    assert sorted(received) == sorted(sent), f"consumed {len(received)} of {len(sent)} records"
+    leftover = await _consume(stack, topic, group, expected=0, wait_s=1.0)
+    assert leftover == [], f"the group's committed offsets were not honoured: {len(leftover)} re-delivered"
+    return f"{len(sent)} records produced (idempotent, acks=all) and consumed by group {group}"
+
+
+async def _consume(stack: StackEndpoints, topic: str, group: str, expected: int, wait_s: float = 15.0) -> list[bytes]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=stack.kafka_bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    received: list[bytes] = []
+    try:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and (expected == 0 or len(received) < expected):
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                received.extend(record.value or b"" for record in records)
+            if batches:
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+    return received
+
+
+# -------------------------------------------------------------- PostgreSQL
+
+
+async def check_postgres(stack: StackEndpoints) -> str:
+    """SQL in every service database: a table, a transaction, a query."""
+    databases = ("auth", "knowledge", "chat", "notifications", "ml")
+    table = unique("smoke").replace("-", "_")
+    for database in databases:
+        connection = await asyncpg.connect(stack.postgres_dsn(database), timeout=5)
+        try:
+            async with connection.transaction():
+                await connection.execute(f"CREATE TEMP TABLE {table} (id int PRIMARY KEY, note text)")
+                await connection.executemany(
+                    f"INSERT INTO {table} VALUES ($1, $2)", [(n, f"note {n}") for n in range(10)]
+                )
+                total = await connection.fetchval(f"SELECT sum(id) FROM {table}")
+            assert total == 45, f"{database}: expected 45, got {total}"
+            version = await connection.fetchval("SHOW server_version")
+        finally:
+            await connection.close()
+    return f"PostgreSQL {version}: SQL in {len(databases)} databases ({', '.join(databases)})"
+
+
+# ------------------------------------------------------------------- Redis
+
+
+async def check_redis(stack: StackEndpoints) -> str:
+    """PING, then a message through pub/sub."""
+    client = aioredis.Redis.from_url(stack.redis_url)
+    try:
+        assert await client.ping(), "PING was not answered"
+        channel = unique("smoke-channel")
+        pubsub = client.pubsub()
+        await pubsub.subscribe(channel)
+        try:
+            await pubsub.get_message(timeout=1.0)  # the subscribe confirmation
+            receivers = await client.publish(channel, b"hello")
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2.0)
+        finally:
+            await pubsub.unsubscribe(channel)
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        assert receivers == 1, f"publish reached {receivers} subscribers"
+        assert message is not None, "pub/sub delivered nothing"
+        assert message["data"] == b"hello", f"pub/sub delivered {message!r}"
+        version = (await client.info("server"))["redis_version"]
+    finally:
+        await client.aclose()
+    return f"Redis {version}: PING and pub/sub"
+
+
+# -------------------------------------------------------------- ClickHouse
+
+
+async def check_clickhouse(stack: StackEndpoints) -> str:
+    """Insert rows over the HTTP interface and read them back."""
+    from observability.clickhouse import connect
+
+    table = unique("smoke").replace("-", "_")
+
+    def work() -> str:
+        client = connect(stack.clickhouse_url)
+        try:
+            client.command(
+                f"CREATE TABLE {table} (id UInt32, labels Map(String, String)) ENGINE = MergeTree ORDER BY id"
+            )
+            client.insert(table, [(n, {"n": str(n)}) for n in range(1000)], column_names=["id", "labels"])
+            count, total = client.query(f"SELECT count(), sum(id) FROM {table}").result_rows[0]
+            client.command(f"DROP TABLE {table}")
+            assert (count, total) == (1000, 499500), f"read back {count} rows summing to {total}"
+            return str(client.server_version)
+        finally:
+            client.close()
+
+    version = await asyncio.to_thread(work)
+    return f"ClickHouse {version}: 1000 rows inserted and selected"
+
+
+# ---------------------------------------------------------------- DynamoDB
+
+
+async def check_dynamodb(stack: StackEndpoints) -> str:
+    """Create a table, put and get an item, and see a conditional put refused."""
+    table = unique("smoke")
+    session = aioboto3.Session(
+        aws_access_key_id=LOCAL_ACCESS_KEY, aws_secret_access_key=LOCAL_SECRET_KEY, region_name=LOCAL_REGION
+    )
+    config = AioConfig(retries={"max_attempts": 2}, connect_timeout=2, read_timeout=5)
+    async with session.client("dynamodb", endpoint_url=stack.dynamodb_url, config=config) as dynamodb:
+        await dynamodb.create_table(
+            TableName=table,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        try:
+            item = {"pk": {"S": "node-1"}, "version": {"N": "1"}}
+            await dynamodb.put_item(TableName=table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+            got = await dynamodb.get_item(TableName=table, Key={"pk": {"S": "node-1"}}, ConsistentRead=True)
+            assert got.get("Item") == item, f"get_item returned {got.get('Item')!r}"
+            try:
+                await dynamodb.put_item(TableName=table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+            except ClientError as error:
+                code = error.response["Error"]["Code"]
+                assert code == "ConditionalCheckFailedException", f"unexpected error {code}"
+            else:
+                raise AssertionError("a conditional put on an existing key was accepted")
+        finally:
+            await dynamodb.delete_table(TableName=table)
+    return "put, get and a refused conditional put"
+
+
+# -------------------------------------------------------------------- mail
+
+
+async def check_mail(stack: StackEndpoints) -> str:
+    """Send a message over SMTP and find it through the sink's Mailpit-style API."""
+    import aiosmtplib
+
+    recipient = f"{unique('smoke')}@example.test"
+    message = EmailMessage()
+    message["From"] = "platform@example.test"
+    message["To"] = recipient
+    message["Subject"] = "smoke check"
+    message.set_content("The stack can send mail.")
+    host, port = stack.smtp_address
+    await aiosmtplib.send(message, hostname=host, port=port, timeout=5)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        async with session.get(f"{stack.mail_api}/api/v1/search", params={"query": f"to:{recipient}"}) as response:
+            found = await response.json()
+        assert found["messages_count"] == 1, f"found {found['messages_count']} messages to {recipient}"
+        async with session.get(f"{stack.mail_api}/api/v1/message/{found['messages'][0]['ID']}") as response:
+            detail = await response.json()
+    assert "The stack can send mail." in detail["Text"], f"body was {detail['Text']!r}"
+    return f"sent to {recipient} over SMTP and read back over HTTP"
+
+
+# ------------------------------------------------------------------- Envoy
+
+
+def grpc_web_frame(message: bytes) -> bytes:
+    return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+def parse_grpc_web(body: bytes) -> tuple[list[bytes], dict[str, str]]:
+    """Data frames and the trailers of a gRPC-Web response body."""
+    messages, trailers, offset = [], {}, 0
+    while offset + 5 <= len(body):
+        flag, length = body[offset], struct.unpack(">I", body[offset + 1 : offset + 5])[0]
+        payload = body[offset + 5 : offset + 5 + length]
+        offset += 5 + length
+        if flag & 0x80:
+            for line in payload.decode().split("\r\n"):
+                if ":" in line:
+                    key, value = line.split(":", 1)
+                    trailers[key.strip().lower()] = value.strip()
+        else:
+            messages.append(payload)
+    return messages, trailers
+
+
+async def check_envoy(stack: StackEndpoints, upstream: str = "otlp") -> str:
+    """gRPC health of an upstream through Envoy three ways, and a JWT rejection at the edge."""
+    authority = f"{upstream}.{UPSTREAM_DOMAIN}"
+    async with grpc.aio.insecure_channel(stack.envoy_grpc, options=[("grpc.default_authority", authority)]) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING, f"native gRPC: {reply}"
+
+    url = f"{stack.envoy_http}/grpc.health.v1.Health/Check"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1", "host": authority}
+        body = grpc_web_frame(health_pb2.HealthCheckRequest().SerializeToString())
+        async with session.post(url, data=body, headers=headers) as response:
+            messages, trailers = parse_grpc_web(await response.read())
+        assert trailers.get("grpc-status") == "0", f"gRPC-Web trailers {trailers}"
+        web_reply = health_pb2.HealthCheckResponse.FromString(messages[0])
+        assert web_reply.status == health_pb2.HealthCheckResponse.SERVING, f"gRPC-Web: {web_reply}"
+
+        async with session.post(url, json={}, headers={"host": authority}) as response:
+            json_reply = await response.json()
+        assert json_reply == {"status": "SERVING"}, f"JSON: {json_reply}"
+
+        async with session.get(f"{stack.envoy_http}/v1/spaces", headers={"authorization": "Bearer forged"}) as response:
+            rejected_status, rejected_body = response.status, await response.text()
+    assert rejected_status == 401, f"a forged token got {rejected_status} {rejected_body!r}"
+    return f"health of {upstream} over gRPC, gRPC-Web and JSON; forged token → 401 ({rejected_body})"
+
+
+# ------------------------------------------------------------- OTLP → ClickHouse
+
+
+async def check_traces(stack: StackEndpoints) -> str:
+    """Envoy's spans of the calls above are queryable in ClickHouse's otel_traces."""
+    from observability.clickhouse import connect
+
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session,
+        session.post(f"{stack.otlp_http}/flush") as response,
+    ):
+        stats = await response.json()
+    assert stats["flushed"], f"receiver did not flush: {stats}"
+
+    def count_envoy_spans() -> int:
+        client = connect(stack.clickhouse_url)
+        try:
+            rows = client.query("SELECT count() FROM otel.otel_traces WHERE ServiceName = 'envoy'").result_rows
+            return int(rows[0][0])
+        finally:
+            client.close()
+
+    spans = await asyncio.to_thread(count_envoy_spans)
+    assert spans > 0, "no Envoy span reached otel.otel_traces"
+    return f"{spans} Envoy spans in otel.otel_traces; receiver wrote {stats['written']}, dropped {stats['dropped']}"
+
+
+CHECKS: dict[str, Check] = {
+    "kafka": check_kafka,
+    "postgres": check_postgres,
+    "redis": check_redis,
+    "clickhouse": check_clickhouse,
+    "dynamodb": check_dynamodb,
+    "smtp": check_mail,
+    "envoy": check_envoy,
+    "otlp": check_traces,
+}

@@ -1,0 +1,71 @@
+"""pytest plugin: one running stack per test run, shared by every pytest-xdist worker.
+
+The first test that asks for the `stack` fixture starts the stack in the background (under a
+file lock, so parallel workers start it once); later tests and other workers reuse it. A stack
+that was already running before the tests (a developer's `up`) is reused and left running; a
+stack this test run started is stopped when the run ends, by the process that controls the run.
+
+Set KP_TEST_STACK=none to fail fast instead of starting anything.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+from simulations.endpoints import StackEndpoints
+from simulations.rundir import RunDirectory
+from simulations.supervisor import running_state, start_detached, stop_stack
+
+RUN_ID_ENV = "KP_TEST_RUN_ID"
+STACK_MODE_ENV = "KP_TEST_STACK"
+OWNER_FILE = "started-by-test-run"
+
+
+def _is_xdist_worker() -> bool:
+    return "PYTEST_XDIST_WORKER" in os.environ
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Workers inherit the controller's environment, so they all see the controller's run id.
+    if not _is_xdist_worker():
+        os.environ[RUN_ID_ENV] = uuid.uuid4().hex
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _is_xdist_worker():
+        return
+    run_dir = RunDirectory()
+    owner = run_dir.root / OWNER_FILE
+    if owner.exists() and owner.read_text().strip() == os.environ.get(RUN_ID_ENV):
+        leftovers = stop_stack(run_dir)
+        owner.unlink(missing_ok=True)
+        if leftovers:
+            print("\nstack stopped with leftovers:\n  " + "\n  ".join(leftovers))
+
+
+def ensure_stack(run_dir: RunDirectory) -> StackEndpoints:
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(run_dir.root / "test-start.lock"), timeout=600):
+        state = running_state(run_dir)
+        if state is None or state.phase != "healthy":
+            if os.environ.get(STACK_MODE_ENV) == "none":
+                pytest.fail("no stack is running and KP_TEST_STACK=none; start one: python -m simulations up")
+            state = start_detached(run_dir)
+            (run_dir.root / OWNER_FILE).write_text(os.environ.get(RUN_ID_ENV, ""))
+    return StackEndpoints(state)
+
+
+@pytest.fixture(scope="session")
+def stack() -> StackEndpoints:
+    """Endpoints of the running stack (started on first use)."""
+    return ensure_stack(RunDirectory())
+
+
+@pytest.fixture(scope="session")
+def run_dir_root() -> Path:
+    return RunDirectory().root
