@@ -85,13 +85,22 @@ class Launcher:
         began = time.monotonic()
         try:
             for wave in self.topology.waves():
-                await asyncio.gather(*(self._start_one(cls) for cls in wave))
+                await self._start_wave(wave)
         except BaseException:
             await self.stop()
             raise
         report.total_s = time.monotonic() - began
         report.ready_after_s = {name: r.ready_after_s for name, r in self.running.items()}
         return report
+
+    async def _start_wave(self, wave: list[type[Component]]) -> None:
+        """Start a wave together; the first failure cancels the rest and is raised as is."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                for cls in wave:
+                    group.create_task(self._start_one(cls))
+        except BaseExceptionGroup as failures:
+            raise first_leaf(failures) from None
 
     async def _start_one(self, cls: type[Component]) -> None:
         ports = resolve_ports(cls)
@@ -156,6 +165,20 @@ class Launcher:
         self.run_dir.forget_component(name)
         self.on_change()
         return time.monotonic() - began
+
+
+def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real error in a (possibly nested) exception group, ComponentErrors first."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            leaves.append(error)
+    component_errors = [error for error in leaves if isinstance(error, ComponentError)]
+    return (component_errors or leaves)[0]
 
 
 # ---------------------------------------------------------------- processes

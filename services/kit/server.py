@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -61,8 +61,8 @@ def set_deadline_in(seconds: float | None) -> contextvars.Token[float | None]:
 
 
 Registrar = Callable[[grpc.aio.Server], None]
-Handler = grpc.RpcMethodHandler[Any, Any]
-Context = grpc.aio.ServicerContext[Any, Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 @dataclass(frozen=True)
@@ -237,7 +237,10 @@ async def build_server(
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection([*spec.grpc_services, HEALTH_SERVICE, reflection.SERVICE_NAME], server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # grpcio raises instead of returning 0 when the bind fails
+        bound = 0
     if bound == 0:
         raise OSError(f"{spec.name}: cannot listen on {host}:{port} (port in use?)")
     await server.start()
