@@ -8,15 +8,17 @@ with Envoy's OpenTelemetry tracer into the OTLP receiver.
 Routing:
 - the default virtual host routes by gRPC service (`/auth.v1.AuthService/...`); transcoded JSON
   requests are re-routed on their gRPC path after the transcoder rewrites it;
-- each upstream also has a virtual host of its own, `<name>.platform.local`, that sends
-  everything to it, so `grpc.health.v1.Health/Check` reaches the service you name in the
-  authority (gRPC) or Host header (gRPC-Web, JSON).
+- each upstream also has a virtual host of its own, `<name>.platform.local`, that routes its
+  health checks, so `grpc.health.v1.Health/Check` reaches the upstream you name in the
+  authority (gRPC) or Host header (gRPC-Web, JSON);
+- internal service-to-service methods are answered 404 at the edge.
 
 This module is pure: it turns a description into a dict that is dumped as YAML.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +60,10 @@ class EnvoySettings:
     otlp_host: str
     otlp_port: int
     allowed_origins: Sequence[str] = ("*",)
+    # 127.0.0.1 natively; 0.0.0.0 inside a container, where Docker publishes the port.
+    listen_address: str = "127.0.0.1"
+    # gRPC methods only other services may call; Envoy answers them 404 at the edge.
+    internal_methods: Sequence[str] = ()
 
 
 def build_config(settings: EnvoySettings) -> dict[str, Any]:
@@ -79,7 +85,7 @@ def build_config(settings: EnvoySettings) -> dict[str, Any]:
 def listener(settings: EnvoySettings) -> dict[str, Any]:
     return {
         "name": "edge",
-        "address": socket_address("127.0.0.1", settings.listen_port),
+        "address": socket_address(settings.listen_address, settings.listen_port),
         "filter_chains": [
             {
                 "filters": [
@@ -133,7 +139,8 @@ def connection_manager(settings: EnvoySettings) -> dict[str, Any]:
 
 
 def route_config(settings: EnvoySettings) -> dict[str, Any]:
-    by_service = [
+    internal = [internal_route(method) for method in settings.internal_methods]
+    by_service = internal + [
         grpc_route(prefix=f"/{service}/", cluster=upstream.name)
         for upstream in settings.upstreams
         for service in upstream.grpc_services
@@ -142,7 +149,7 @@ def route_config(settings: EnvoySettings) -> dict[str, Any]:
         {
             "name": f"upstream_{upstream.name}",
             "domains": [f"{upstream.name}.{UPSTREAM_DOMAIN}"],
-            "routes": [grpc_route(prefix="/", cluster=upstream.name)],
+            "routes": [grpc_route(prefix=f"/{HEALTH_SERVICE}/", cluster=upstream.name)],
             "typed_per_filter_config": cors_policy(settings.allowed_origins),
         }
         for upstream in settings.upstreams
@@ -166,6 +173,14 @@ def grpc_route(prefix: str, cluster: str) -> dict[str, Any]:
             "timeout": "0s",
             "max_stream_duration": {"grpc_timeout_header_max": "0s"},
         },
+    }
+
+
+def internal_route(method: str) -> dict[str, Any]:
+    """Service-to-service methods are not part of the public edge."""
+    return {
+        "match": {"path": method},
+        "direct_response": {"status": 404, "body": {"inline_string": f"{method} is internal to the platform"}},
     }
 
 
@@ -283,13 +298,22 @@ def grpc_cluster(name: str, host: str, port: int) -> dict[str, Any]:
 def http_cluster(name: str, host: str, port: int) -> dict[str, Any]:
     return {
         "name": name,
-        "type": "STATIC",
+        # Natively upstreams are IP addresses; under Compose they are container names.
+        "type": "STATIC" if is_ip_address(host) else "STRICT_DNS",
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(host, port)}}]}],
         },
     }
+
+
+def is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def socket_address(host: str, port: int) -> dict[str, Any]:

@@ -43,6 +43,12 @@ PUBLIC_PATHS = (
 )
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/",)
 
+# Service-to-service methods that the edge refuses (see the knowledge proto).
+INTERNAL_METHODS = (
+    "/knowledge.v1.KnowledgeService/CheckAccess",
+    "/knowledge.v1.KnowledgeService/ListAccessibleSpaces",
+)
+
 COMPONENTS: tuple[type[Component], ...] = (
     Kafka,
     PostgreSQL,
@@ -64,6 +70,7 @@ SETTINGS: dict[str, dict[str, str]] = {
         "jwks_path": "/v1/auth/jwks",
         "public_paths": ",".join(PUBLIC_PATHS),
         "public_prefixes": ",".join(PUBLIC_PREFIXES),
+        "internal_methods": ",".join(INTERNAL_METHODS),
     },
 }
 

@@ -100,11 +100,12 @@ class SpanPipeline:
         """Refuse new spans, write what is buffered, stop."""
         self._closing = True
         self._has_rows.set()
-        if self._writer is not None:
+        if self._writer is not None and not self._writer.done():  # a second close() has nothing to wait for
             try:
                 await asyncio.wait_for(asyncio.shield(self._writer), deadline_s)
             except TimeoutError:
                 self._writer.cancel()
+                await asyncio.wait([self._writer])  # let it unwind; its CancelledError is not the caller's
                 self.stats.dropped += len(self._buffer)
                 log.error("shutdown deadline passed: %d spans were not written", len(self._buffer))
                 self._buffer.clear()

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from google.protobuf import json_format
@@ -79,6 +81,8 @@ def decode_json(body: bytes) -> ExportTraceServiceRequest:
     """OTLP/JSON: like proto3 JSON, except that trace and span ids are hex, not base64."""
     try:
         text = body.decode("utf-8")
+        if not text.lstrip().startswith("{"):  # protobuf's parser takes `[]` or `"x"` for an empty message
+            raise ValueError("expected a JSON object")
         as_base64 = _ID_FIELDS.sub(
             lambda m: f'"{m.group(1)}":"{base64.b64encode(bytes.fromhex(m.group(2))).decode()}"', text
         )
@@ -107,10 +111,21 @@ def _scalar_text(value: AnyValue, kind: str) -> str:
     if kind == "int_value":
         return str(value.int_value)
     if kind == "double_value":
-        return repr(value.double_value)
+        return _double_text(value.double_value)
     if kind == "bytes_value":
         return base64.b64encode(value.bytes_value).decode()
     return ""
+
+
+def _double_text(number: float) -> str:
+    """pdata's float64AsString: like a JSON number (1.0 -> "1", 1e-07 -> "1e-7"), not Python's repr."""
+    if math.isnan(number) or math.isinf(number):
+        return "json: unsupported value: " + ("NaN" if math.isnan(number) else "+Inf" if number > 0 else "-Inf")
+    shortest = repr(number)  # the shortest text that round-trips, as Go's precision -1
+    if number != 0 and (abs(number) < 1e-6 or abs(number) >= 1e21):
+        return re.sub(r"e-0(\d)$", r"e-\1", shortest)
+    fixed = format(Decimal(shortest), "f")
+    return fixed.rstrip("0").rstrip(".") if "." in fixed else fixed
 
 
 def _plain(value: AnyValue) -> Any:

@@ -77,6 +77,7 @@ class Envoy(Component):
             ),
             otlp_host=otlp_host,
             otlp_port=int(otlp_port),
+            internal_methods=split_list(settings.get("internal_methods", "")),
         )
 
     async def prepare(self) -> None:
