@@ -17,9 +17,9 @@ from pathlib import Path
 
 import yaml
 
+from services.kit.settings import JWT_AUDIENCE, JWT_ISSUER
 from simulations.envoy_config import EnvoySettings, JwtSettings, build_config
 from simulations.platform import INTERNAL_METHODS, POSTGRES_DATABASES, PUBLIC_PATHS, PUBLIC_PREFIXES
-from services.kit.settings import JWT_AUDIENCE, JWT_ISSUER
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"

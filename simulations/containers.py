@@ -12,8 +12,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from simulations.compose import COMPOSE_FILE, COMPOSE_SERVICE_OF
 from simulations.components.base import ComponentContext
+from simulations.compose import COMPOSE_FILE, COMPOSE_SERVICE_OF
 from simulations.endpoints import StackEndpoints
 from simulations.platform import PLATFORM
 from simulations.rundir import ComponentRecord, StackState

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import jwt
 from jwt import PyJWK
 
-from services.kit.errors import Unauthenticated
+from services.kit.errors import Unauthenticated, Unavailable
 
 ALGORITHM = "RS256"
 ACCESS_TOKEN_USE = "access"
@@ -91,9 +91,13 @@ class RefreshingKeys:
             return self._keys[kid]
         async with self._lock:
             if kid not in self._keys and time.monotonic() - self._fetched_at >= self._min_refresh_s:
-                jwks = await self._fetch()
-                self._keys = {key["kid"]: PyJWK(dict(key)) for key in jwks.get("keys", [])}
+                # A failed fetch counts too: an unreachable issuer is asked again only later.
                 self._fetched_at = time.monotonic()
+                try:
+                    jwks = await self._fetch()
+                except Exception as error:
+                    raise Unavailable("cannot fetch the token signing keys from the auth service; retry") from error
+                self._keys = {key["kid"]: PyJWK(dict(key)) for key in jwks.get("keys", [])}
         return self._keys.get(kid)
 
 

@@ -20,6 +20,7 @@ from datetime import timedelta
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     DateTime,
     Index,
     LargeBinary,
@@ -66,6 +67,11 @@ processed_events = Table(
     Column("event_id", String(36), primary_key=True),
     Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+
+def create_kit_tables(connection: Connection) -> None:
+    """The outbox and processed-events tables; each service's first migration calls this."""
+    kit_metadata.create_all(connection)
 
 
 async def record_event(session: AsyncSession, envelope: EventEnvelope) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -15,12 +15,11 @@ from sqlalchemy import Column, MetaData, String, Table, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fixtures.kafka import read_topic
-from fixtures.postgres import scratch_database
 from services.api.events.v1 import events_pb2
 from services.kit.consumer import EventConsumer, PermanentEventError, PostgresIdempotency, RetryPolicy, current_session
-from services.kit.db import create_engine, session_factory
+from services.kit.db import session_factory
 from services.kit.events import EventEnvelope, dead_letter_topic, new_envelope
-from services.kit.kafka import EventProducer, new_producer
+from services.kit.kafka import EventProducer
 from services.kit.outbox import kit_metadata
 from simulations.endpoints import StackEndpoints
 
@@ -29,22 +28,15 @@ indexed = Table("indexed", work_metadata, Column("event_id", String(36), primary
 
 
 @pytest.fixture
-async def engine(stack: StackEndpoints) -> AsyncIterator[AsyncEngine]:
-    async with scratch_database(stack.postgres_dsn(), prefix="kit_consumer") as dsn:
-        engine = create_engine(dsn.replace("postgresql://", "postgresql+asyncpg://"), pool_size=2)
-        async with engine.begin() as connection:
-            await connection.run_sync(kit_metadata.create_all)
-            await connection.run_sync(work_metadata.create_all)
-        yield engine
-        await engine.dispose()
+async def engine(kit_engine: AsyncEngine) -> AsyncEngine:
+    async with kit_engine.begin() as connection:
+        await connection.run_sync(work_metadata.create_all)
+    return kit_engine
 
 
 @pytest.fixture
-async def producer(stack: StackEndpoints) -> AsyncIterator[EventProducer]:
-    kafka = new_producer(stack.kafka_bootstrap, client_id="kit-consumer-test")
-    await kafka.start()
-    yield EventProducer(kafka)
-    await kafka.stop()
+def producer(event_producer: EventProducer) -> EventProducer:
+    return event_producer
 
 
 def event(document_id: str, event_type: str = "knowledge.document.created") -> EventEnvelope:

@@ -5,38 +5,29 @@ by a relay that already published it."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fixtures.kafka import read_topic
-from fixtures.postgres import scratch_database
 from services.api.events.v1 import events_pb2
-from services.kit.db import SessionFactory, create_engine, session_factory, transaction
+from services.kit.db import SessionFactory, session_factory, transaction
 from services.kit.events import EventEnvelope, new_envelope, topic_for
-from services.kit.kafka import EventProducer, new_producer
-from services.kit.outbox import OutboxRelay, kit_metadata, outbox, record_event
+from services.kit.kafka import EventProducer
+from services.kit.outbox import OutboxRelay, outbox, record_event
 from simulations.endpoints import StackEndpoints
 
 
 @pytest.fixture
-async def engine(stack: StackEndpoints) -> AsyncIterator[AsyncEngine]:
-    async with scratch_database(stack.postgres_dsn(), prefix="kit_outbox") as dsn:
-        engine = create_engine(dsn.replace("postgresql://", "postgresql+asyncpg://"), pool_size=2)
-        async with engine.begin() as connection:
-            await connection.run_sync(kit_metadata.create_all)
-        yield engine
-        await engine.dispose()
+def engine(kit_engine: AsyncEngine) -> AsyncEngine:
+    return kit_engine
 
 
 @pytest.fixture
-async def producer(stack: StackEndpoints) -> AsyncIterator[EventProducer]:
-    kafka = new_producer(stack.kafka_bootstrap, client_id="kit-outbox-test")
-    await kafka.start()
-    yield EventProducer(kafka)
-    await kafka.stop()
+def producer(event_producer: EventProducer) -> EventProducer:
+    return event_producer
 
 
 def document_event(producer: str, space_id: str, version: int) -> EventEnvelope:

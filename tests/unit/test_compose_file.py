@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from observability.clickhouse import SCHEMA_FILE, schema_statements
-from simulations.compose import COMPOSE_FILE, COMPOSE_SERVICE_OF, ROOT, envoy_settings, out_of_date
 from simulations.components.envoy import envoy_binary
+from simulations.compose import COMPOSE_FILE, COMPOSE_SERVICE_OF, ROOT, envoy_settings, out_of_date
 from simulations.envoy_config import build_config
 from simulations.platform import PLATFORM
 from simulations.topology import port_override_env

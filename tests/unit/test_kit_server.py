@@ -1,0 +1,352 @@
+"""services.kit.server: a real in-process gRPC server (port 0) called through a real channel.
+
+Token checks, error mapping, deadlines, health and reflection, as a client of the platform sees
+them. Servicers implement a few methods of the generated auth and chat services.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+
+from services.api.auth.v1 import auth_pb2, auth_pb2_grpc
+from services.api.chat.v1 import chat_pb2, chat_pb2_grpc
+from services.kit.auth import StaticKeys, TokenVerifier, current_principal, optional_principal
+from services.kit.errors import InvalidArgument, NotFound, RateLimited
+from services.kit.server import BuiltServer, ServiceSpec, build_server, remaining_time
+
+ISSUER = "https://auth.test"
+AUDIENCE = "platform"
+KID = "test-key"
+AUTH_SERVICE = "auth.v1.AuthService"
+CHAT_SERVICE = "chat.v1.ChatService"
+SECRET = "postgres://admin:hunter2@db.internal"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def b64url_uint(value: int) -> str:
+    return base64.urlsafe_b64encode(value.to_bytes((value.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+
+
+class Auth(auth_pb2_grpc.AuthServiceServicer):
+    async def WhoAmI(self, request: auth_pb2.WhoAmIRequest, context: Any) -> auth_pb2.WhoAmIResponse:
+        principal = current_principal()
+        return auth_pb2.WhoAmIResponse(user=auth_pb2.User(user_id=principal.user_id, email=principal.email))
+
+    async def SignUp(self, request: auth_pb2.SignUpRequest, context: Any) -> auth_pb2.SignUpResponse:
+        raise InvalidArgument("email", "must be a valid address like name@example.com")
+
+    async def Login(self, request: auth_pb2.LoginRequest, context: Any) -> auth_pb2.LoginResponse:
+        raise RateLimited("too many login attempts; try again in 30 s", retry_after_s=30)
+
+    async def Logout(self, request: auth_pb2.LogoutRequest, context: Any) -> auth_pb2.LogoutResponse:
+        raise RuntimeError(SECRET)
+
+    async def GetJwks(self, request: auth_pb2.GetJwksRequest, context: Any) -> auth_pb2.GetJwksResponse:
+        # Reports what the handler saw: the remaining deadline and whether a caller was known.
+        principal = optional_principal()
+        return auth_pb2.GetJwksResponse(
+            keys=[auth_pb2.JsonWebKey(kid=repr(remaining_time(10)), use=principal.user_id if principal else "")]
+        )
+
+
+class Chat(chat_pb2_grpc.ChatServiceServicer):
+    async def Ask(self, request: chat_pb2.AskRequest, context: Any) -> AsyncIterator[chat_pb2.AskResponse]:
+        for word in ("hello", "world"):
+            yield chat_pb2.AskResponse(delta=chat_pb2.AnswerDelta(text=word))
+        if request.question == "missing":
+            raise NotFound(f"conversation {request.conversation_id} does not exist")
+        if request.question == "crash":
+            raise RuntimeError(SECRET)
+        yield chat_pb2.AskResponse(complete=chat_pb2.AnswerComplete(text="hello world"))
+
+
+def register(server: grpc.aio.Server) -> None:
+    # The methods not implemented here answer UNIMPLEMENTED, as generated.
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(Auth(), server)  # type: ignore[abstract]
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(Chat(), server)  # type: ignore[abstract]
+
+
+SPEC = ServiceSpec(
+    name="unit",
+    version="0",
+    grpc_services=[AUTH_SERVICE, CHAT_SERVICE],
+    register=register,
+    public_methods=frozenset({f"/{AUTH_SERVICE}/GetJwks"}),
+)
+
+
+@pytest.fixture(scope="module")
+def signing_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def token_for(key: rsa.RSAPrivateKey, **overrides: Any) -> str:
+    now = int(time.time())
+    claims = {
+        "sub": "user-7",
+        "email": "grace@example.com",
+        "iat": now,
+        "exp": now + 600,
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "jti": str(uuid.uuid4()),
+        "token_use": "access",
+        **overrides,
+    }
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": KID})
+
+
+@pytest.fixture(scope="module")
+def token(signing_key: rsa.RSAPrivateKey) -> str:
+    return token_for(signing_key)
+
+
+@pytest.fixture(scope="module")
+async def built(signing_key: rsa.RSAPrivateKey) -> AsyncIterator[BuiltServer]:
+    numbers = signing_key.public_key().public_numbers()
+    jwk = {
+        "kty": "RSA",
+        "kid": KID,
+        "use": "sig",
+        "alg": "RS256",
+        "n": b64url_uint(numbers.n),
+        "e": b64url_uint(numbers.e),
+    }
+    verifier = TokenVerifier(StaticKeys({"keys": [jwk]}), ISSUER, [AUDIENCE])
+    server = await build_server(SPEC, verifier, port=0)
+    yield server
+    await server.server.stop(None)
+
+
+@pytest.fixture(scope="module")
+async def channel(built: BuiltServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{built.port}") as channel:
+        yield channel
+
+
+@pytest.fixture
+def auth(channel: grpc.aio.Channel) -> auth_pb2_grpc.AuthServiceAsyncStub:
+    return auth_pb2_grpc.AuthServiceStub(channel)
+
+
+@pytest.fixture
+def chat(channel: grpc.aio.Channel) -> chat_pb2_grpc.ChatServiceAsyncStub:
+    return chat_pb2_grpc.ChatServiceStub(channel)
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+# ------------------------------------------------------------ authentication
+
+
+async def test_missing_token_is_unauthenticated(auth: auth_pb2_grpc.AuthServiceAsyncStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await auth.WhoAmI(auth_pb2.WhoAmIRequest(), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "bearer token" in (caught.value.details() or "")
+
+
+@pytest.mark.parametrize("value", ["Bearer not-a-jwt", "Basic dXNlcjpwYXNz"])
+async def test_bad_token_is_unauthenticated(auth: auth_pb2_grpc.AuthServiceAsyncStub, value: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await auth.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=(("authorization", value),), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_expired_token_is_unauthenticated(
+    auth: auth_pb2_grpc.AuthServiceAsyncStub, signing_key: rsa.RSAPrivateKey
+) -> None:
+    expired = token_for(signing_key, iat=int(time.time()) - 7200, exp=int(time.time()) - 3600)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await auth.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=bearer(expired), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "expired" in (caught.value.details() or "")
+
+
+async def test_valid_token_reaches_handler_with_principal(auth: auth_pb2_grpc.AuthServiceAsyncStub, token: str) -> None:
+    reply = await auth.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=bearer(token), timeout=5)
+    assert reply.user.user_id == "user-7"
+    assert reply.user.email == "grace@example.com"
+
+
+async def test_principals_do_not_leak_between_calls(
+    auth: auth_pb2_grpc.AuthServiceAsyncStub, signing_key: rsa.RSAPrivateKey
+) -> None:
+    other = token_for(signing_key, sub="user-8", email="other@example.com")
+    assert (await auth.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=bearer(other), timeout=5)).user.user_id == "user-8"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await auth.WhoAmI(auth_pb2.WhoAmIRequest(), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_public_method_needs_no_token(auth: auth_pb2_grpc.AuthServiceAsyncStub) -> None:
+    reply = await auth.GetJwks(auth_pb2.GetJwksRequest(), timeout=5)
+    assert reply.keys[0].use == ""  # anonymous
+
+
+async def test_public_method_ignores_a_bad_token(auth: auth_pb2_grpc.AuthServiceAsyncStub) -> None:
+    reply = await auth.GetJwks(auth_pb2.GetJwksRequest(), metadata=bearer("garbage"), timeout=5)
+    assert reply.keys[0].use == ""
+
+
+async def test_public_method_still_sees_a_valid_caller(auth: auth_pb2_grpc.AuthServiceAsyncStub, token: str) -> None:
+    reply = await auth.GetJwks(auth_pb2.GetJwksRequest(), metadata=bearer(token), timeout=5)
+    assert reply.keys[0].use == "user-7"
+
+
+# ------------------------------------------------------------ error mapping
+
+
+async def test_invalid_argument_carries_bad_request(auth: auth_pb2_grpc.AuthServiceAsyncStub, token: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await auth.SignUp(auth_pb2.SignUpRequest(email="nope"), metadata=bearer(token), timeout=5)
+    error = caught.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.details() or "").startswith("email:")
+    status = rpc_status.from_call(error)
+    assert status is not None
+    bad_request = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad_request)
+    assert [v.field for v in bad_request.field_violations] == ["email"]
+
+
+async def test_rate_limited_is_resource_exhausted_with_retry_info(
+    auth: auth_pb2_grpc.AuthServiceAsyncStub, token: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await auth.Login(auth_pb2.LoginRequest(), metadata=bearer(token), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = rpc_status.from_call(caught.value)
+    assert status is not None
+    retry = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(retry)
+    assert retry.retry_delay.seconds == 30
+
+
+async def test_unexpected_error_is_internal_without_internals(
+    auth: auth_pb2_grpc.AuthServiceAsyncStub, token: str
+) -> None:
+    traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await auth.Logout(auth_pb2.LogoutRequest(), metadata=(*bearer(token), ("traceparent", traceparent)), timeout=5)
+    details = caught.value.details() or ""
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "hunter2" not in details
+    assert "RuntimeError" not in details
+    assert TRACE_ID in details
+
+
+# ------------------------------------------------------------ deadlines
+
+
+async def test_caller_deadline_caps_remaining_time(auth: auth_pb2_grpc.AuthServiceAsyncStub) -> None:
+    reply = await auth.GetJwks(auth_pb2.GetJwksRequest(), timeout=2)
+    remaining = float(reply.keys[0].kid)
+    # gRPC's deadline clock may run a few ms apart from the client's; the cap is what matters.
+    assert 1 < remaining < 2.5
+
+
+async def test_without_deadline_the_default_applies(auth: auth_pb2_grpc.AuthServiceAsyncStub) -> None:
+    reply = await auth.GetJwks(auth_pb2.GetJwksRequest())
+    assert float(reply.keys[0].kid) == 10
+
+
+# ------------------------------------------------------------ streaming
+
+
+async def drain(call: Any) -> tuple[list[str], grpc.aio.AioRpcError | None]:
+    """The delta texts a stream delivered, and the error that ended it (None when it ended OK)."""
+    received: list[str] = []
+    try:
+        async for message in call:
+            received.append(message.delta.text)
+    except grpc.aio.AioRpcError as error:
+        return received, error
+    return received, None
+
+
+async def test_stream_succeeds(chat: chat_pb2_grpc.ChatServiceAsyncStub, token: str) -> None:
+    call = chat.Ask(chat_pb2.AskRequest(conversation_id="c1", question="hi"), metadata=bearer(token), timeout=5)
+    messages = [message async for message in call]
+    assert [m.WhichOneof("event") for m in messages] == ["delta", "delta", "complete"]
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_stream_error_after_messages_maps_to_status(chat: chat_pb2_grpc.ChatServiceAsyncStub, token: str) -> None:
+    call = chat.Ask(chat_pb2.AskRequest(conversation_id="c1", question="missing"), metadata=bearer(token), timeout=5)
+    received, error = await drain(call)
+    assert received == ["hello", "world"]
+    assert error is not None
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert "c1" in (error.details() or "")
+
+
+async def test_stream_unexpected_error_is_internal(chat: chat_pb2_grpc.ChatServiceAsyncStub, token: str) -> None:
+    call = chat.Ask(chat_pb2.AskRequest(question="crash"), metadata=bearer(token), timeout=5)
+    received, error = await drain(call)
+    assert received == ["hello", "world"]
+    assert error is not None
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert "hunter2" not in (error.details() or "")
+
+
+async def test_stream_without_token_is_unauthenticated(chat: chat_pb2_grpc.ChatServiceAsyncStub) -> None:
+    received, error = await drain(chat.Ask(chat_pb2.AskRequest(question="hi"), timeout=5))
+    assert received == []
+    assert error is not None
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# ------------------------------------------------------------ health and reflection
+
+
+async def test_health_follows_set_serving(channel: grpc.aio.Channel, built: BuiltServer) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", AUTH_SERVICE, CHAT_SERVICE):
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+        assert reply.status == not_serving
+    await built.set_serving(True)
+    try:
+        for name in ("", AUTH_SERVICE, CHAT_SERVICE):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+            assert reply.status == serving
+    finally:
+        await built.set_serving(False)
+    reply = await health.Check(health_pb2.HealthCheckRequest(service=AUTH_SERVICE), timeout=5)
+    assert reply.status == not_serving
+
+
+async def test_health_of_unknown_service_is_not_found(channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await health.Check(health_pb2.HealthCheckRequest(service="nope.v1.Nope"), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_reflection_lists_services(channel: grpc.aio.Channel) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+    names = {service.name async for reply in call for service in reply.list_services_response.service}
+    assert {AUTH_SERVICE, CHAT_SERVICE, "grpc.health.v1.Health"} <= names
+
+
+async def test_second_server_on_a_taken_port_fails(built: BuiltServer) -> None:
+    with pytest.raises(OSError, match="cannot listen"):
+        await build_server(SPEC, None, port=built.port)
