@@ -6,7 +6,8 @@
 protoc writes modules named after the proto packages (`auth.v1`); they live under
 `services.api`, so their cross-imports are rewritten to `services.api.<package>.v1`. The
 descriptor set (`services/api/platform.pb`) holds every proto with its imports and source
-comments, plus the standard health service so Envoy can transcode health checks.
+comments, plus the standard health service and google.rpc's status and error details, so
+Envoy can transcode health checks and turn error details into JSON.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 import grpc_tools
-from google.protobuf import descriptor_pb2
+from google.protobuf import any_pb2, descriptor_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from grpc_tools import protoc
 
@@ -75,12 +77,18 @@ def run_protoc(out: Path) -> None:
         raise SystemExit("protoc failed; see the errors above")
 
 
-def add_health_service(descriptor_path: Path) -> None:
-    """Envoy transcodes `grpc.health.v1.Health` too; its descriptor comes from grpcio-health-checking."""
+def extra_descriptors() -> list[descriptor_pb2.FileDescriptorProto]:
+    """Files Envoy needs beyond our protos, dependencies first: the health service it
+    transcodes, and google.rpc.Status with its details, so error details (BadRequest,
+    RetryInfo) can be turned into JSON."""
+    modules = (any_pb2, duration_pb2, status_pb2, error_details_pb2, health_pb2)
+    return [descriptor_pb2.FileDescriptorProto.FromString(module.DESCRIPTOR.serialized_pb) for module in modules]
+
+
+def add_extra_descriptors(descriptor_path: Path) -> None:
     descriptor_set = descriptor_pb2.FileDescriptorSet.FromString(descriptor_path.read_bytes())
-    health = descriptor_pb2.FileDescriptorProto.FromString(health_pb2.DESCRIPTOR.serialized_pb)
-    if all(existing.name != health.name for existing in descriptor_set.file):
-        descriptor_set.file.append(health)
+    present = {file.name for file in descriptor_set.file}
+    descriptor_set.file.extend(extra for extra in extra_descriptors() if extra.name not in present)
     descriptor_path.write_bytes(descriptor_set.SerializeToString(deterministic=True))
 
 
@@ -96,7 +104,7 @@ def finish_package(out: Path) -> None:
 def generate(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     run_protoc(out)
-    add_health_service(out / DESCRIPTOR_NAME)
+    add_extra_descriptors(out / DESCRIPTOR_NAME)
     finish_package(out)
 
 

@@ -64,6 +64,8 @@ class EnvoySettings:
     listen_address: str = "127.0.0.1"
     # gRPC methods only other services may call; Envoy answers them 404 at the edge.
     internal_methods: Sequence[str] = ()
+    # Share of new requests Envoy starts a trace for (KP_TRACE_SAMPLE_RATIO × 100).
+    sample_percent: float = 100.0
 
 
 def build_config(settings: EnvoySettings) -> dict[str, Any]:
@@ -109,7 +111,8 @@ def connection_manager(settings: EnvoySettings) -> dict[str, Any]:
         "stream_idle_timeout": "0s",
         "generate_request_id": True,
         "tracing": {
-            "random_sampling": {"value": 100},
+            # New traces only; a sampled traceparent from the caller is always honoured.
+            "random_sampling": {"value": settings.sample_percent},
             "spawn_upstream_span": True,
             "provider": {
                 "name": "envoy.tracers.opentelemetry",
@@ -166,6 +169,8 @@ def route_config(settings: EnvoySettings) -> dict[str, Any]:
 def grpc_route(prefix: str, cluster: str) -> dict[str, Any]:
     return {
         "match": {"prefix": prefix},
+        # Names Envoy's span after the service called (the full path is in its attributes).
+        "decorator": {"operation": f"{cluster} {prefix.strip('/')}"},
         "route": {
             "cluster": cluster,
             # Streams (Ask, Subscribe, Collaborate) live as long as the caller wants;

@@ -16,6 +16,7 @@ from simulations.components.kafka import Kafka
 from simulations.components.otlp import OtlpReceiver
 from simulations.components.postgres import PostgreSQL
 from simulations.components.redis import Redis
+from simulations.components.service import AuthService, ServiceComponent
 from simulations.components.smtp import SmtpSink
 from simulations.topology import Topology
 
@@ -49,6 +50,16 @@ INTERNAL_METHODS = (
     "/knowledge.v1.KnowledgeService/ListAccessibleSpaces",
 )
 
+# The platform's services, as they are built.
+SERVICES: tuple[type[ServiceComponent], ...] = (AuthService,)
+
+
+class Gateway(Envoy):
+    """Envoy starts after the services, so its routes answer as soon as it is healthy."""
+
+    depends_on = ("otlp", *(service.name for service in SERVICES))
+
+
 COMPONENTS: tuple[type[Component], ...] = (
     Kafka,
     PostgreSQL,
@@ -57,7 +68,8 @@ COMPONENTS: tuple[type[Component], ...] = (
     DynamoDB,
     SmtpSink,
     OtlpReceiver,
-    Envoy,
+    *SERVICES,
+    Gateway,
 )
 
 SETTINGS: dict[str, dict[str, str]] = {

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from pathlib import Path
 
 import pytest
 from filelock import FileLock
 
+from observability.clickhouse import connect
+from observability.testing import TraceCapture
+from observability.traces import TraceStore
+from services.kit.telemetry import TelemetrySettings, setup_telemetry
 from simulations.endpoints import StackEndpoints
 from simulations.rundir import RunDirectory
 from simulations.supervisor import running_state, start_detached, stop_stack
@@ -67,5 +70,17 @@ def stack() -> StackEndpoints:
 
 
 @pytest.fixture(scope="session")
-def run_dir_root() -> Path:
-    return RunDirectory().root
+def traces(stack: StackEndpoints) -> TraceCapture:
+    """Capture what a test does as one trace and assert on it (see observability.testing).
+
+    The test process exports its own spans (service "tests") to the stack's receiver, so the
+    test's action is the root of the trace and in-process consumers join it too."""
+    provider = setup_telemetry(
+        TelemetrySettings(
+            service_name="tests",
+            service_version="0",
+            environment="test",
+            otlp_endpoint=stack.otlp_grpc,
+        )
+    )
+    return TraceCapture(TraceStore(connect(stack.clickhouse_url)), provider, stack.otlp_http)

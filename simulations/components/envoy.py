@@ -14,6 +14,7 @@ import aiohttp
 import envoy
 import yaml
 
+from services.kit.settings import ServiceSettings
 from simulations.components.base import Component, Launch, NotReady
 from simulations.envoy_config import EnvoySettings, JwtSettings, Upstream, build_config
 
@@ -78,6 +79,7 @@ class Envoy(Component):
             otlp_host=otlp_host,
             otlp_port=int(otlp_port),
             internal_methods=split_list(settings.get("internal_methods", "")),
+            sample_percent=100.0 * ServiceSettings().trace_sample_ratio,
         )
 
     async def prepare(self) -> None:

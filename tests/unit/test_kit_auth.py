@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,50 +16,18 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from services.kit.auth import Principal, RefreshingKeys, StaticKeys, TokenVerifier, bearer_token
+from fixtures.tokens import TestIssuer, new_rsa_key, public_jwk
+from services.kit.auth import ALGORITHM, Principal, RefreshingKeys, TokenVerifier, bearer_token
 from services.kit.errors import Unauthenticated
 
 ISSUER = "https://auth.platform.local"
 AUDIENCE = "platform"
 KID = "key-2024-01"
+USER = "user-123"
 
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def uint_b64(value: int) -> str:
-    return b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
-
-
-def new_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def jwk_of(key: rsa.RSAPrivateKey, kid: str) -> dict[str, str]:
-    numbers = key.public_key().public_numbers()
-    return {"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": uint_b64(numbers.n), "e": uint_b64(numbers.e)}
-
-
-def claims(**overrides: Any) -> dict[str, Any]:
-    now = int(time.time())
-    base: dict[str, Any] = {
-        "sub": "user-123",
-        "email": "ada@example.com",
-        "iat": now,
-        "exp": now + 900,
-        "iss": ISSUER,
-        "aud": AUDIENCE,
-        "jti": str(uuid.uuid4()),
-        "token_use": "access",
-    }
-    base.update(overrides)
-    return {k: v for k, v in base.items() if v is not None}
-
-
-def sign(key: rsa.RSAPrivateKey, payload: Mapping[str, Any], kid: str | None = KID) -> str:
-    headers = {"kid": kid} if kid is not None else {}
-    return jwt.encode(dict(payload), key, algorithm="RS256", headers=headers)
 
 
 def unsigned_token(header: Mapping[str, Any], payload: Mapping[str, Any], secret: bytes | None = None) -> str:
@@ -70,18 +37,18 @@ def unsigned_token(header: Mapping[str, Any], payload: Mapping[str, Any], secret
 
 
 @pytest.fixture(scope="module")
-def key() -> rsa.RSAPrivateKey:
-    return new_key()
+def issuer() -> TestIssuer:
+    return TestIssuer(ISSUER, AUDIENCE, KID)
 
 
 @pytest.fixture(scope="module")
 def other_key() -> rsa.RSAPrivateKey:
-    return new_key()
+    return new_rsa_key()
 
 
 @pytest.fixture
-def verifier(key: rsa.RSAPrivateKey) -> TokenVerifier:
-    return TokenVerifier(StaticKeys({"keys": [jwk_of(key, KID)]}), ISSUER, [AUDIENCE, "other-audience"])
+def verifier(issuer: TestIssuer) -> TokenVerifier:
+    return issuer.verifier("other-audience")
 
 
 async def rejection(verifier: TokenVerifier, token: str) -> str:
@@ -93,9 +60,9 @@ async def rejection(verifier: TokenVerifier, token: str) -> str:
 # ------------------------------------------------------------------ verify
 
 
-async def test_valid_token_gives_principal(verifier: TokenVerifier, key: rsa.RSAPrivateKey) -> None:
-    payload = claims()
-    token = sign(key, payload)
+async def test_valid_token_gives_principal(verifier: TokenVerifier, issuer: TestIssuer) -> None:
+    payload = issuer.claims(USER, email="ada@example.com")
+    token = issuer.sign(payload)
     principal = await verifier.verify(token)
     assert principal == Principal(
         user_id="user-123",
@@ -106,84 +73,87 @@ async def test_valid_token_gives_principal(verifier: TokenVerifier, key: rsa.RSA
     )
 
 
-async def test_any_configured_audience_is_accepted(verifier: TokenVerifier, key: rsa.RSAPrivateKey) -> None:
-    principal = await verifier.verify(sign(key, claims(aud="other-audience")))
+async def test_any_configured_audience_is_accepted(verifier: TokenVerifier, issuer: TestIssuer) -> None:
+    principal = await verifier.verify(issuer.token(USER, aud="other-audience"))
     assert principal.user_id == "user-123"
 
 
-async def test_expired_token(verifier: TokenVerifier, key: rsa.RSAPrivateKey) -> None:
+async def test_expired_token(verifier: TokenVerifier, issuer: TestIssuer) -> None:
     now = int(time.time())
-    message = await rejection(verifier, sign(key, claims(iat=now - 3600, exp=now - 600)))
+    message = await rejection(verifier, issuer.token(iat=now - 3600, exp=now - 600))
     assert "expired" in message
     assert "refresh" in message
 
 
-async def test_expiry_within_leeway_is_accepted(verifier: TokenVerifier, key: rsa.RSAPrivateKey) -> None:
+async def test_expiry_within_leeway_is_accepted(verifier: TokenVerifier, issuer: TestIssuer) -> None:
     now = int(time.time())
-    principal = await verifier.verify(sign(key, claims(iat=now - 900, exp=now - 5)))
+    principal = await verifier.verify(issuer.token(iat=now - 900, exp=now - 5))
     assert principal.expires_at == now - 5
 
 
-async def test_forged_signature_with_real_kid(verifier: TokenVerifier, other_key: rsa.RSAPrivateKey) -> None:
-    message = await rejection(verifier, sign(other_key, claims(), kid=KID))
+async def test_forged_signature_with_real_kid(
+    verifier: TokenVerifier, issuer: TestIssuer, other_key: rsa.RSAPrivateKey
+) -> None:
+    message = await rejection(verifier, issuer.sign(issuer.claims(), kid=KID, key=other_key))
     assert "signature" in message
     assert "invalid" in message
 
 
-async def test_wrong_issuer(verifier: TokenVerifier, key: rsa.RSAPrivateKey) -> None:
-    message = await rejection(verifier, sign(key, claims(iss="https://evil.example")))
+async def test_wrong_issuer(verifier: TokenVerifier, issuer: TestIssuer) -> None:
+    message = await rejection(verifier, issuer.token(iss="https://evil.example"))
     assert "issuer" in message
     assert ISSUER.lower() in message
 
 
-async def test_wrong_audience(verifier: TokenVerifier, key: rsa.RSAPrivateKey) -> None:
-    message = await rejection(verifier, sign(key, claims(aud="someone-else")))
+async def test_wrong_audience(verifier: TokenVerifier, issuer: TestIssuer) -> None:
+    message = await rejection(verifier, issuer.token(aud="someone-else"))
     assert "audience" in message
 
 
-async def test_alg_none_is_refused(verifier: TokenVerifier) -> None:
-    message = await rejection(verifier, unsigned_token({"alg": "none", "typ": "JWT", "kid": KID}, claims()))
+async def test_alg_none_is_refused(verifier: TokenVerifier, issuer: TestIssuer) -> None:
+    message = await rejection(verifier, unsigned_token({"alg": "none", "typ": "JWT", "kid": KID}, issuer.claims()))
     assert "algorithm" in message
     assert "rs256" in message
 
 
-async def test_hs256_signed_with_public_key_is_refused(verifier: TokenVerifier, key: rsa.RSAPrivateKey) -> None:
-    public_pem = key.public_key().public_bytes(
+async def test_hs256_signed_with_public_key_is_refused(verifier: TokenVerifier, issuer: TestIssuer) -> None:
+    public_pem = issuer.key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    token = unsigned_token({"alg": "HS256", "typ": "JWT", "kid": KID}, claims(), secret=public_pem)
+    token = unsigned_token({"alg": "HS256", "typ": "JWT", "kid": KID}, issuer.claims(), secret=public_pem)
     message = await rejection(verifier, token)
     assert "'hs256'" in message
     assert "not accepted" in message
 
 
-async def test_hs256_header_switched_to_rs256_fails_signature(verifier: TokenVerifier, key: rsa.RSAPrivateKey) -> None:
-    public_pem = key.public_key().public_bytes(
+async def test_hs256_header_switched_to_rs256_fails_signature(verifier: TokenVerifier, issuer: TestIssuer) -> None:
+    public_pem = issuer.key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    token = unsigned_token({"alg": "RS256", "typ": "JWT", "kid": KID}, claims(), secret=public_pem)
+    token = unsigned_token({"alg": "RS256", "typ": "JWT", "kid": KID}, issuer.claims(), secret=public_pem)
     message = await rejection(verifier, token)
     assert "signature" in message
 
 
-async def test_unknown_kid(verifier: TokenVerifier, key: rsa.RSAPrivateKey) -> None:
-    message = await rejection(verifier, sign(key, claims(), kid="retired-key"))
+async def test_unknown_kid(verifier: TokenVerifier, issuer: TestIssuer) -> None:
+    message = await rejection(verifier, issuer.sign(issuer.claims(), kid="retired-key"))
     assert "unknown key" in message
     assert "log in again" in message
 
 
-async def test_missing_kid_is_an_unknown_key(verifier: TokenVerifier, key: rsa.RSAPrivateKey) -> None:
-    message = await rejection(verifier, sign(key, claims(), kid=None))
+async def test_missing_kid_is_an_unknown_key(verifier: TokenVerifier, issuer: TestIssuer) -> None:
+    # TestIssuer always names a kid; a token without one is encoded here.
+    message = await rejection(verifier, jwt.encode(issuer.claims(), issuer.key, algorithm=ALGORITHM))
     assert "unknown key" in message
 
 
-async def test_refresh_token_is_not_an_access_token(verifier: TokenVerifier, key: rsa.RSAPrivateKey) -> None:
-    message = await rejection(verifier, sign(key, claims(token_use="refresh")))
+async def test_refresh_token_is_not_an_access_token(verifier: TokenVerifier, issuer: TestIssuer) -> None:
+    message = await rejection(verifier, issuer.token(token_use="refresh"))
     assert "not an access token" in message
 
 
-async def test_token_without_token_use_is_not_an_access_token(verifier: TokenVerifier, key: rsa.RSAPrivateKey) -> None:
-    message = await rejection(verifier, sign(key, claims(token_use=None)))
+async def test_token_without_token_use_is_not_an_access_token(verifier: TokenVerifier, issuer: TestIssuer) -> None:
+    message = await rejection(verifier, issuer.token(token_use=None))
     assert "not an access token" in message
 
 
@@ -200,8 +170,8 @@ async def test_garbage_payload_with_valid_header_is_rejected(verifier: TokenVeri
 
 
 @pytest.mark.parametrize("claim", ["sub", "exp", "iat", "iss", "aud"])
-async def test_missing_required_claim(verifier: TokenVerifier, key: rsa.RSAPrivateKey, claim: str) -> None:
-    message = await rejection(verifier, sign(key, claims(**{claim: None})))
+async def test_missing_required_claim(verifier: TokenVerifier, issuer: TestIssuer, claim: str) -> None:
+    message = await rejection(verifier, issuer.token(USER, **{claim: None}))
     assert f"'{claim}'" in message
     assert "claim" in message
 
@@ -250,8 +220,8 @@ class CountingFetch:
         return response
 
 
-async def test_refreshing_keys_fetch_on_first_use_then_cache(key: rsa.RSAPrivateKey) -> None:
-    fetch = CountingFetch({"keys": [jwk_of(key, KID)]})
+async def test_refreshing_keys_fetch_on_first_use_then_cache(issuer: TestIssuer) -> None:
+    fetch = CountingFetch(issuer.jwks())
     keys = RefreshingKeys(fetch, min_refresh_s=60)
     assert fetch.calls == 0
     first = await keys.key_for(KID)
@@ -261,8 +231,8 @@ async def test_refreshing_keys_fetch_on_first_use_then_cache(key: rsa.RSAPrivate
     assert fetch.calls == 1
 
 
-async def test_unknown_kid_refetches_at_most_once_per_interval(key: rsa.RSAPrivateKey) -> None:
-    fetch = CountingFetch({"keys": [jwk_of(key, KID)]})
+async def test_unknown_kid_refetches_at_most_once_per_interval(issuer: TestIssuer) -> None:
+    fetch = CountingFetch(issuer.jwks())
     keys = RefreshingKeys(fetch, min_refresh_s=60)
     assert await keys.key_for(KID) is not None
     for _ in range(5):
@@ -270,8 +240,8 @@ async def test_unknown_kid_refetches_at_most_once_per_interval(key: rsa.RSAPriva
     assert fetch.calls == 1
 
 
-async def test_unknown_kid_picks_up_rotated_key(key: rsa.RSAPrivateKey, other_key: rsa.RSAPrivateKey) -> None:
-    fetch = CountingFetch({"keys": [jwk_of(key, KID)]}, {"keys": [jwk_of(other_key, "new"), jwk_of(key, KID)]})
+async def test_unknown_kid_picks_up_rotated_key(issuer: TestIssuer, other_key: rsa.RSAPrivateKey) -> None:
+    fetch = CountingFetch(issuer.jwks(), {"keys": [public_jwk(other_key, "new"), public_jwk(issuer.key, KID)]})
     keys = RefreshingKeys(fetch, min_refresh_s=0)
     assert await keys.key_for(KID) is not None
     rotated = await keys.key_for("new")
@@ -280,18 +250,18 @@ async def test_unknown_kid_picks_up_rotated_key(key: rsa.RSAPrivateKey, other_ke
     assert fetch.calls == 2
 
 
-async def test_concurrent_lookups_of_a_new_kid_fetch_once(key: rsa.RSAPrivateKey) -> None:
-    fetch = CountingFetch({"keys": [jwk_of(key, KID)]})
+async def test_concurrent_lookups_of_a_new_kid_fetch_once(issuer: TestIssuer) -> None:
+    fetch = CountingFetch(issuer.jwks())
     keys = RefreshingKeys(fetch, min_refresh_s=0)
     found = await asyncio.gather(*(keys.key_for(KID) for _ in range(10)))
     assert all(k is not None for k in found)
     assert fetch.calls == 1
 
 
-async def test_verifier_with_refreshing_keys(key: rsa.RSAPrivateKey) -> None:
-    fetch = CountingFetch({"keys": [jwk_of(key, KID)]})
+async def test_verifier_with_refreshing_keys(issuer: TestIssuer) -> None:
+    fetch = CountingFetch(issuer.jwks())
     verifier = TokenVerifier(RefreshingKeys(fetch, min_refresh_s=60), ISSUER, [AUDIENCE])
-    assert (await verifier.verify(sign(key, claims()))).user_id == "user-123"
+    assert (await verifier.verify(issuer.token(USER))).user_id == "user-123"
     with pytest.raises(Unauthenticated):
-        await verifier.verify(sign(key, claims(), kid="nope"))
+        await verifier.verify(issuer.sign(issuer.claims(), kid="nope"))
     assert fetch.calls == 1

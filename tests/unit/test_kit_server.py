@@ -6,38 +6,28 @@ them. Servicers implement a few methods of the generated auth and chat services.
 
 from __future__ import annotations
 
-import base64
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
+from fixtures.tokens import TestIssuer
 from services.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.api.chat.v1 import chat_pb2, chat_pb2_grpc
-from services.kit.auth import StaticKeys, TokenVerifier, current_principal, optional_principal
+from services.kit.auth import current_principal, optional_principal
 from services.kit.errors import InvalidArgument, NotFound, RateLimited
 from services.kit.server import BuiltServer, ServiceSpec, build_server, remaining_time
 
-ISSUER = "https://auth.test"
-AUDIENCE = "platform"
-KID = "test-key"
 AUTH_SERVICE = "auth.v1.AuthService"
 CHAT_SERVICE = "chat.v1.ChatService"
 SECRET = "postgres://admin:hunter2@db.internal"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-
-
-def b64url_uint(value: int) -> str:
-    return base64.urlsafe_b64encode(value.to_bytes((value.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
 
 
 class Auth(auth_pb2_grpc.AuthServiceServicer):
@@ -89,44 +79,18 @@ SPEC = ServiceSpec(
 
 
 @pytest.fixture(scope="module")
-def signing_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def token_for(key: rsa.RSAPrivateKey, **overrides: Any) -> str:
-    now = int(time.time())
-    claims = {
-        "sub": "user-7",
-        "email": "grace@example.com",
-        "iat": now,
-        "exp": now + 600,
-        "iss": ISSUER,
-        "aud": AUDIENCE,
-        "jti": str(uuid.uuid4()),
-        "token_use": "access",
-        **overrides,
-    }
-    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": KID})
+def issuer() -> TestIssuer:
+    return TestIssuer()
 
 
 @pytest.fixture(scope="module")
-def token(signing_key: rsa.RSAPrivateKey) -> str:
-    return token_for(signing_key)
+def token(issuer: TestIssuer) -> str:
+    return issuer.token("user-7", email="grace@example.com")
 
 
 @pytest.fixture(scope="module")
-async def built(signing_key: rsa.RSAPrivateKey) -> AsyncIterator[BuiltServer]:
-    numbers = signing_key.public_key().public_numbers()
-    jwk = {
-        "kty": "RSA",
-        "kid": KID,
-        "use": "sig",
-        "alg": "RS256",
-        "n": b64url_uint(numbers.n),
-        "e": b64url_uint(numbers.e),
-    }
-    verifier = TokenVerifier(StaticKeys({"keys": [jwk]}), ISSUER, [AUDIENCE])
-    server = await build_server(SPEC, verifier, port=0)
+async def built(issuer: TestIssuer) -> AsyncIterator[BuiltServer]:
+    server = await build_server(SPEC, issuer.verifier(), port=0)
     yield server
     await server.server.stop(None)
 
@@ -168,10 +132,8 @@ async def test_bad_token_is_unauthenticated(auth: auth_pb2_grpc.AuthServiceAsync
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_expired_token_is_unauthenticated(
-    auth: auth_pb2_grpc.AuthServiceAsyncStub, signing_key: rsa.RSAPrivateKey
-) -> None:
-    expired = token_for(signing_key, iat=int(time.time()) - 7200, exp=int(time.time()) - 3600)
+async def test_expired_token_is_unauthenticated(auth: auth_pb2_grpc.AuthServiceAsyncStub, issuer: TestIssuer) -> None:
+    expired = issuer.token(iat=int(time.time()) - 7200, exp=int(time.time()) - 3600)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await auth.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=bearer(expired), timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -185,9 +147,9 @@ async def test_valid_token_reaches_handler_with_principal(auth: auth_pb2_grpc.Au
 
 
 async def test_principals_do_not_leak_between_calls(
-    auth: auth_pb2_grpc.AuthServiceAsyncStub, signing_key: rsa.RSAPrivateKey
+    auth: auth_pb2_grpc.AuthServiceAsyncStub, issuer: TestIssuer
 ) -> None:
-    other = token_for(signing_key, sub="user-8", email="other@example.com")
+    other = issuer.token("user-8", email="other@example.com")
     assert (await auth.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=bearer(other), timeout=5)).user.user_id == "user-8"
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await auth.WhoAmI(auth_pb2.WhoAmIRequest(), timeout=5)

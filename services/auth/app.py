@@ -1,0 +1,134 @@
+"""Wiring of the auth service: settings, stores, use cases, server, background loops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from datetime import timedelta
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from argon2 import PasswordHasher
+
+from services.api.auth.v1 import auth_pb2_grpc
+from services.auth import VERSION
+from services.auth.domain import LoginLimits, TokenPolicy
+from services.auth.repository import AuthRepository, LoginAttempts
+from services.auth.server import PUBLIC_METHODS, SERVICE_NAME, AuthServer
+from services.auth.service import AuthService, KeySettings
+from services.kit import app
+from services.kit.auth import TokenVerifier
+from services.kit.db import SessionFactory, create_engine, session_factory
+from services.kit.kafka import EventProducer, new_producer
+from services.kit.migrations import upgrade_to_head
+from services.kit.outbox import OutboxRelay
+from services.kit.server import ServiceSpec
+from services.kit.settings import ServiceSettings
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+log = logging.getLogger("services.auth")
+
+
+class AuthSettings(ServiceSettings):
+    service_name: str = "auth"
+    grpc_port: int = 50051
+    access_token_ttl_s: int = 900
+    refresh_token_ttl_s: int = 30 * 24 * 3600
+    # Login throttling: failed logins per account and attempts per address, per window.
+    login_failures_per_account: int = 5
+    login_attempts_per_address: int = 300
+    login_window_s: int = 300
+    # Signing keys: a key signs for key_rotation_s; its successor is published
+    # key_publish_ahead_s before it signs (Envoy and services refetch the JWKS faster than that).
+    key_rotation_s: int = 7 * 24 * 3600
+    key_publish_ahead_s: int = 10
+    key_reload_s: float = 2.0
+    jwt_leeway_s: int = 30
+    # Argon2id cost: the library's RFC 9106 low-memory profile (t=3, m=64 MiB) by default.
+    password_time_cost: int = 3
+    password_memory_kib: int = 65536
+
+
+def build_service(
+    settings: AuthSettings, sessions: SessionFactory, redis: aioredis.Redis, on_commit: Callable[[], None]
+) -> AuthService:
+    return AuthService(
+        sessions=sessions,
+        repository=AuthRepository(),
+        attempts=LoginAttempts(redis, settings.login_window_s),
+        hasher=PasswordHasher(time_cost=settings.password_time_cost, memory_cost=settings.password_memory_kib),
+        policy=TokenPolicy(
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            access_ttl=timedelta(seconds=settings.access_token_ttl_s),
+            refresh_ttl=timedelta(seconds=settings.refresh_token_ttl_s),
+        ),
+        limits=LoginLimits(
+            failures_per_account=settings.login_failures_per_account,
+            attempts_per_address=settings.login_attempts_per_address,
+            window=timedelta(seconds=settings.login_window_s),
+        ),
+        keys=KeySettings(
+            rotate_after=timedelta(seconds=settings.key_rotation_s),
+            publish_ahead=timedelta(seconds=settings.key_publish_ahead_s),
+            clock_skew=timedelta(seconds=settings.jwt_leeway_s),
+        ),
+        on_commit=on_commit,
+    )
+
+
+async def build(settings: AuthSettings, resources: AsyncExitStack) -> app.Application:
+    dsn = settings.database_dsn("auth")
+    await upgrade_to_head(MIGRATIONS, dsn)
+    engine = create_engine(dsn)
+    resources.push_async_callback(engine.dispose)
+    sessions = session_factory(engine)
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    resources.push_async_callback(redis.aclose)
+    kafka = new_producer(settings.kafka_bootstrap, client_id="auth")
+    await kafka.start()
+    resources.push_async_callback(kafka.stop)
+    relay = OutboxRelay(sessions, EventProducer(kafka))
+
+    service = build_service(settings, sessions, redis, relay.wake)
+    await service.refresh_keys()
+
+    async def reload_keys() -> None:
+        while True:
+            await asyncio.sleep(settings.key_reload_s)
+            await service.refresh_keys()
+
+    # Auth verifies its own tokens with the keys it holds: no call to itself.
+    verifier = TokenVerifier(service, settings.jwt_issuer, [settings.jwt_audience], leeway_s=settings.jwt_leeway_s)
+    spec = ServiceSpec(
+        name="auth",
+        version=VERSION,
+        grpc_services=[SERVICE_NAME],
+        register=lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServer(service), server),
+        public_methods=PUBLIC_METHODS,
+    )
+    return app.Application(spec=spec, verifier=verifier, background=[relay.run, reload_keys])
+
+
+def main() -> None:
+    app.main(build, AuthSettings, VERSION)
+
+
+def rotate_key_command() -> None:
+    """Publish a successor signing key now; it starts signing after key_publish_ahead_s."""
+
+    async def rotate() -> None:
+        settings = AuthSettings()
+        engine = create_engine(settings.database_dsn("auth"))
+        redis = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            service = build_service(settings, session_factory(engine), redis, lambda: None)
+            key = await service.rotate_keys()
+            print(f"new signing key {key.kid} is published now and signs from {key.active_from:%H:%M:%S} UTC")
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+
+    asyncio.run(rotate())

@@ -1,0 +1,67 @@
+"""The gRPC adapter of the auth service: proto in, use case, proto out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.api.auth.v1 import auth_pb2, auth_pb2_grpc
+from services.auth.domain import User
+from services.auth.service import AuthService, IssuedTokens
+from services.kit.auth import current_principal
+
+SERVICE_NAME = "auth.v1.AuthService"
+PUBLIC_METHODS = frozenset(f"/{SERVICE_NAME}/{name}" for name in ("SignUp", "Login", "Refresh", "Logout", "GetJwks"))
+
+
+def user_message(user: User) -> auth_pb2.User:
+    created = Timestamp()
+    created.FromDatetime(user.created_at)
+    return auth_pb2.User(user_id=user.user_id, email=user.email, display_name=user.display_name, created_at=created)
+
+
+def token_pair(tokens: IssuedTokens) -> auth_pb2.TokenPair:
+    return auth_pb2.TokenPair(
+        access_token=tokens.access_token,
+        refresh_token=tokens.refresh_token,
+        token_type="Bearer",
+        expires_in_seconds=int(tokens.access_ttl.total_seconds()),
+        refresh_expires_in_seconds=int(tokens.refresh_ttl.total_seconds()),
+    )
+
+
+def client_address(context: Any) -> str:
+    """The caller's address: the first X-Forwarded-For hop set at the edge, else the peer."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-forwarded-for" and value:
+            return str(value).split(",")[0].strip()
+    peer: str = context.peer() or "unknown"
+    # "ipv4:127.0.0.1:53422" → "127.0.0.1"
+    return peer.split(":")[1] if peer.count(":") >= 2 else peer
+
+
+class AuthServer(auth_pb2_grpc.AuthServiceServicer):
+    def __init__(self, service: AuthService) -> None:
+        self.service = service
+
+    async def SignUp(self, request: auth_pb2.SignUpRequest, context: Any) -> auth_pb2.SignUpResponse:
+        user, tokens = await self.service.sign_up(request.email, request.password, request.display_name)
+        return auth_pb2.SignUpResponse(user=user_message(user), tokens=token_pair(tokens))
+
+    async def Login(self, request: auth_pb2.LoginRequest, context: Any) -> auth_pb2.LoginResponse:
+        user, tokens = await self.service.login(request.email, request.password, client_address(context))
+        return auth_pb2.LoginResponse(user=user_message(user), tokens=token_pair(tokens))
+
+    async def Refresh(self, request: auth_pb2.RefreshRequest, context: Any) -> auth_pb2.RefreshResponse:
+        return auth_pb2.RefreshResponse(tokens=token_pair(await self.service.refresh(request.refresh_token)))
+
+    async def Logout(self, request: auth_pb2.LogoutRequest, context: Any) -> auth_pb2.LogoutResponse:
+        revoked = await self.service.logout(request.refresh_token, request.all_sessions)
+        return auth_pb2.LogoutResponse(sessions_revoked=revoked)
+
+    async def GetJwks(self, request: auth_pb2.GetJwksRequest, context: Any) -> auth_pb2.GetJwksResponse:
+        return auth_pb2.GetJwksResponse(keys=[auth_pb2.JsonWebKey(**jwk) for jwk in self.service.jwks()])
+
+    async def WhoAmI(self, request: auth_pb2.WhoAmIRequest, context: Any) -> auth_pb2.WhoAmIResponse:
+        return auth_pb2.WhoAmIResponse(user=user_message(await self.service.who_am_i(current_principal().user_id)))

@@ -1,0 +1,101 @@
+"""Running a service process: the `main` every service's `__main__` calls.
+
+A service supplies one `build` coroutine that opens what it needs (database, cache, Kafka,
+clients) on an `AsyncExitStack` and returns an `Application`: its gRPC spec, the token
+verifier, and the background loops it runs (outbox relay, consumers). The kit does the rest:
+telemetry, the server, health, signals, draining, closing everything in reverse order, and
+flushing spans last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from services.api.auth.v1 import auth_pb2, auth_pb2_grpc
+from services.kit.auth import RefreshingKeys, TokenVerifier
+from services.kit.clients import service_channel
+from services.kit.server import ServiceSpec, build_server, serve
+from services.kit.settings import ServiceSettings
+from services.kit.telemetry import TelemetrySettings, setup_telemetry, shutdown_telemetry
+
+log = logging.getLogger("services.kit.app")
+
+Loop = Callable[[], Awaitable[None]]
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+@dataclass
+class Application:
+    spec: ServiceSpec
+    verifier: TokenVerifier | None
+    background: Sequence[Loop] = field(default_factory=list)
+
+
+Build = Callable[[SettingsT, AsyncExitStack], Awaitable[Application]]
+
+
+def main(build: Build[SettingsT], settings_type: type[SettingsT], version: str) -> None:
+    """Entry point of a service process."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    asyncio.run(run(build, settings_type(), version))
+
+
+async def run(build: Build[SettingsT], settings: SettingsT, version: str) -> None:
+    setup_telemetry(
+        TelemetrySettings(
+            service_name=settings.service_name,
+            service_version=version,
+            environment=settings.environment,
+            otlp_endpoint=settings.otlp_endpoint,
+            sample_ratio=settings.trace_sample_ratio,
+            enabled=settings.tracing_enabled,
+        )
+    )
+    try:
+        async with AsyncExitStack() as resources:
+            app = await build(settings, resources)
+            built = await build_server(app.spec, app.verifier, settings.grpc_host, settings.grpc_port)
+            loops = [asyncio.create_task(supervised(loop)) for loop in app.background]
+            try:
+                await serve(built, settings.shutdown_grace_s)
+            finally:
+                for task in loops:
+                    task.cancel()
+                await asyncio.gather(*loops, return_exceptions=True)
+    finally:
+        shutdown_telemetry()
+
+
+async def supervised(loop: Loop) -> None:
+    """A background loop that dies is logged and restarted: a relay or consumer must not
+    silently stop while the service still answers health checks."""
+    while True:
+        try:
+            await loop()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background loop %s failed; restarting in 1 s", getattr(loop, "__qualname__", loop))
+            await asyncio.sleep(1.0)
+
+
+def platform_verifier(settings: ServiceSettings) -> TokenVerifier:
+    """Verifies access tokens with the auth service's JWKS (fetched on first use, refreshed
+    when a token names a key we have not seen)."""
+    channel = service_channel(settings.auth_grpc_target)
+    stub = auth_pb2_grpc.AuthServiceStub(channel)
+
+    async def fetch_jwks() -> Mapping[str, Any]:
+        reply = await stub.GetJwks(auth_pb2.GetJwksRequest(), timeout=3)
+        return {
+            "keys": [{"kty": k.kty, "kid": k.kid, "use": k.use, "alg": k.alg, "n": k.n, "e": k.e} for k in reply.keys]
+        }
+
+    return TokenVerifier(RefreshingKeys(fetch_jwks), settings.jwt_issuer, [settings.jwt_audience])

@@ -1,0 +1,83 @@
+"""The platform's own services as components: `python -m services.<name>`, health-gated.
+
+Each service reads its settings from KP_* variables (services.kit.settings); the launcher sets
+them from the running stores' endpoints and the topology's ports, so a moved stack (a port
+offset, another run directory) needs no configuration.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import ClassVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from simulations.components.base import Component, Launch, NotReady
+from simulations.topology import resolve_ports
+
+# Every service component, by name, so services can be told where their peers listen.
+SERVICES: dict[str, type[ServiceComponent]] = {}
+
+# Store endpoints a service may use → the setting that carries it.
+STORE_SETTINGS = {
+    ("postgres", "dsn"): "KP_POSTGRES_DSN",
+    ("redis", "url"): "KP_REDIS_URL",
+    ("kafka", "bootstrap"): "KP_KAFKA_BOOTSTRAP",
+    ("dynamodb", "url"): "KP_DYNAMODB_URL",
+    ("clickhouse", "http"): "KP_CLICKHOUSE_URL",
+    ("smtp", "smtp"): "KP_SMTP_ADDRESS",
+    ("otlp", "grpc"): "KP_OTLP_ENDPOINT",
+}
+
+
+class ServiceComponent(Component):
+    """Subclasses set name, default_ports ({"grpc": port}), depends_on and grpc_services."""
+
+    version = "1.0.0"
+    grpc_services: ClassVar[tuple[str, ...]] = ()
+    start_timeout_s = 60.0
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        SERVICES[cls.name] = cls
+
+    def launch(self) -> Launch:
+        return Launch(argv=[sys.executable, "-m", f"services.{self.name}"], env=self.environment())
+
+    def environment(self) -> dict[str, str]:
+        env = {"KP_SERVICE_NAME": self.name, "KP_GRPC_PORT": str(self.ctx.port("grpc"))}
+        for (component, endpoint), variable in STORE_SETTINGS.items():
+            value = self.ctx.endpoints_of.get(component, {}).get(endpoint)
+            if value:
+                env[variable] = value
+        env.update(peer_targets(SERVICES))
+        return env
+
+    async def probe(self) -> None:
+        """The standard gRPC health check: SERVING once migrations ran and the server is up."""
+        try:
+            async with grpc.aio.insecure_channel(self.endpoints()["grpc"]) as channel:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+        except grpc.aio.AioRpcError as error:
+            raise NotReady(f"health check: {error.code().name} {error.details()}") from error
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            raise NotReady(f"health is {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
+
+    def endpoints(self) -> dict[str, str]:
+        return {"grpc": f"127.0.0.1:{self.ctx.port('grpc')}", "grpc_services": ",".join(self.grpc_services)}
+
+
+def peer_targets(services: Mapping[str, type[ServiceComponent]]) -> dict[str, str]:
+    """KP_<NAME>_GRPC_TARGET for every service, from the topology's (possibly moved) ports."""
+    return {
+        f"KP_{name.upper()}_GRPC_TARGET": f"127.0.0.1:{resolve_ports(cls)['grpc']}" for name, cls in services.items()
+    }
+
+
+class AuthService(ServiceComponent):
+    name = "auth"
+    default_ports = {"grpc": 50051}
+    depends_on = ("postgres", "redis", "kafka", "otlp")
+    grpc_services = ("auth.v1.AuthService",)
