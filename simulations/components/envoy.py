@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import ClassVar
 
 import aiohttp
 import envoy
@@ -44,7 +45,7 @@ class Envoy(Component):
     name = "envoy"
     version = "1.40.0"
     default_ports = {"http": 18080, "admin": 19901}
-    depends_on = ("otlp",)
+    depends_on: ClassVar[tuple[str, ...]] = ("otlp",)
 
     def preflight(self) -> None:
         binary = envoy_binary()

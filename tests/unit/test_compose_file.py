@@ -16,7 +16,7 @@ from observability.clickhouse import SCHEMA_FILE, schema_statements
 from simulations.components.envoy import envoy_binary
 from simulations.compose import COMPOSE_FILE, COMPOSE_SERVICE_OF, ROOT, envoy_settings, out_of_date
 from simulations.envoy_config import build_config
-from simulations.platform import PLATFORM
+from simulations.platform import PLATFORM, SERVICES
 from simulations.topology import port_override_env
 
 PORT_MAPPING = re.compile(r"^127\.0\.0\.1:\$\{(?P<var>\w+):-(?P<default>\d+)\}:(?P<container>\d+)$")
@@ -24,7 +24,13 @@ PORT_MAPPING = re.compile(r"^127\.0\.0\.1:\$\{(?P<var>\w+):-(?P<default>\d+)\}:(
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
+    """docker-compose.yml with its included files merged in, as Compose sees it."""
     document: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    for included in document.get("include", []):
+        part = yaml.safe_load((COMPOSE_FILE.parent / included).read_text())
+        duplicated = set(part["services"]) & set(document["services"])
+        assert not duplicated, f"{included} redefines {duplicated}"
+        document["services"].update(part["services"])
     return document
 
 
@@ -73,6 +79,12 @@ def test_the_collector_writes_to_the_schema_file_clickhouse_is_initialised_with(
     statements = schema_statements(SCHEMA_FILE.read_text())
     assert any(s.startswith(f"CREATE TABLE IF NOT EXISTS {table}") for s in statements)
     assert any(f"FROM {table}" in s for s in statements), "the trace-id materialized view reads that table"
+
+
+def test_the_gateway_waits_for_every_service(compose: dict[str, Any]) -> None:
+    waits_for = compose["services"]["envoy"]["depends_on"]
+    for service in SERVICES:
+        assert waits_for.get(service.name) == {"condition": "service_healthy"}, f"envoy must wait for {service.name}"
 
 
 def test_generated_compose_files_are_current() -> None:
