@@ -7,7 +7,7 @@
     uv run --frozen nox -s lint         ruff, ruff format, mypy
     uv run --frozen nox -s proto        regenerate services/api from proto/ (-- --check: only compare)
     uv run --frozen nox -s up / down / status / smoke
-    uv run --frozen nox -s bench        startup benchmark (stops a running stack first)
+    uv run --frozen nox -s bench        every benchmark, printed (stops a running stack first)
 """
 
 from __future__ import annotations
@@ -73,5 +73,9 @@ def smoke(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def bench(session: nox.Session) -> None:
+    """Every benchmark, printing its figures. Each runs on its own moved ports, except the
+    startup benchmark, which needs the default ones (so a running stack is stopped first)."""
     session.run("python", "-m", "simulations", "down")
-    session.run("python", "-m", "simulations", "bench", "startup", *session.posargs)
+    session.run("python", "-m", "simulations", "bench", "startup")
+    session.run("python", "-m", "observability.bench", "ingest")
+    session.run("python", "-m", "observability.bench", "overhead")
