@@ -146,6 +146,16 @@ class Launcher:
         )
         self.on_change()
 
+    async def restart_component(self, name: str) -> None:
+        """Start a component that `stop_component` stopped, on the same ports and data."""
+        if name in self.running:
+            raise ValueError(f"{name} is already running")
+        await self._start_one(self.topology.get(name))
+
+    async def stop_component(self, name: str) -> float:
+        """Stop one component (a fault to inject); the rest keep running."""
+        return await self._stop_one(name)
+
     # ------------------------------------------------------------------ stop
 
     async def stop(self) -> dict[str, float]:
