@@ -47,7 +47,8 @@ class JwtSettings:
     # Paths that need no token: JSON routes and gRPC methods (e.g. "/auth.v1.AuthService/Login").
     public_paths: Sequence[str] = field(default_factory=tuple)
     public_prefixes: Sequence[str] = field(default_factory=tuple)
-    jwks_cache_s: int = 60
+    # Short, so a rotated-in key (published ahead by the auth service) is known in seconds.
+    jwks_cache_s: int = 3
 
 
 @dataclass(frozen=True)

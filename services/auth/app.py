@@ -43,7 +43,7 @@ class AuthSettings(ServiceSettings):
     # Signing keys: a key signs for key_rotation_s; its successor is published
     # key_publish_ahead_s before it signs (Envoy and services refetch the JWKS faster than that).
     key_rotation_s: int = 7 * 24 * 3600
-    key_publish_ahead_s: int = 10
+    key_publish_ahead_s: int = 6  # twice Envoy's JWKS cache (3 s)
     key_reload_s: float = 2.0
     jwt_leeway_s: int = 30
     # Argon2id cost: the library's RFC 9106 low-memory profile (t=3, m=64 MiB) by default.

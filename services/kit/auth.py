@@ -79,7 +79,7 @@ class RefreshingKeys:
     """Keys fetched from the issuer, refreshed when an unknown `kid` shows up (at most every
     `min_refresh_s`, so forged kids cannot make us hammer the issuer)."""
 
-    def __init__(self, fetch_jwks: Callable[[], Awaitable[Mapping[str, Any]]], min_refresh_s: float = 5.0) -> None:
+    def __init__(self, fetch_jwks: Callable[[], Awaitable[Mapping[str, Any]]], min_refresh_s: float = 1.0) -> None:
         self._fetch = fetch_jwks
         self._min_refresh_s = min_refresh_s
         self._keys: dict[str, PyJWK] = {}
