@@ -101,6 +101,8 @@ def status_for(error: BaseException, trace_id: str = "") -> StatusReply:
         return StatusReply(error.code, error.message, _rich_status(error, retry))
     if isinstance(error, DomainError):
         return StatusReply(error.code, error.message)
+    if isinstance(error, NotImplementedError):  # a generated servicer method left unimplemented
+        return StatusReply(grpc.StatusCode.UNIMPLEMENTED, "this method is not implemented by the service")
     reference = f" (trace {trace_id})" if trace_id else ""
     return StatusReply(grpc.StatusCode.INTERNAL, f"internal error{reference}; the service log has the details")
 
