@@ -9,7 +9,6 @@ adding one check and one row to `CHECKS`.
 from __future__ import annotations
 
 import asyncio
-import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from botocore.exceptions import ClientError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from contracts.transports import grpc_web_frame, parse_grpc_web
 from simulations.components.dynamodb import LOCAL_ACCESS_KEY, LOCAL_REGION, LOCAL_SECRET_KEY
 from simulations.endpoints import StackEndpoints
 from simulations.envoy_config import UPSTREAM_DOMAIN
@@ -247,27 +247,6 @@ async def check_mail(stack: StackEndpoints) -> str:
 
 
 # ------------------------------------------------------------------- Envoy
-
-
-def grpc_web_frame(message: bytes) -> bytes:
-    return b"\x00" + struct.pack(">I", len(message)) + message
-
-
-def parse_grpc_web(body: bytes) -> tuple[list[bytes], dict[str, str]]:
-    """Data frames and the trailers of a gRPC-Web response body."""
-    messages, trailers, offset = [], {}, 0
-    while offset + 5 <= len(body):
-        flag, length = body[offset], struct.unpack(">I", body[offset + 1 : offset + 5])[0]
-        payload = body[offset + 5 : offset + 5 + length]
-        offset += 5 + length
-        if flag & 0x80:
-            for line in payload.decode().split("\r\n"):
-                if ":" in line:
-                    key, value = line.split(":", 1)
-                    trailers[key.strip().lower()] = value.strip()
-        else:
-            messages.append(payload)
-    return messages, trailers
 
 
 async def check_envoy(stack: StackEndpoints, upstream: str = "otlp") -> str:
