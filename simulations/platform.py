@@ -16,7 +16,7 @@ from simulations.components.kafka import Kafka
 from simulations.components.otlp import OtlpReceiver
 from simulations.components.postgres import PostgreSQL
 from simulations.components.redis import Redis
-from simulations.components.service import AuthService, ServiceComponent
+from simulations.components.service import AuthService, KnowledgeService, ServiceComponent
 from simulations.components.smtp import SmtpSink
 from simulations.topology import Topology
 
@@ -51,7 +51,7 @@ INTERNAL_METHODS = (
 )
 
 # The platform's services, as they are built.
-SERVICES: tuple[type[ServiceComponent], ...] = (AuthService,)
+SERVICES: tuple[type[ServiceComponent], ...] = (AuthService, KnowledgeService)
 
 
 class Gateway(Envoy):

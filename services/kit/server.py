@@ -134,10 +134,13 @@ class CallScope:
         self.principal_token: contextvars.Token[Principal | None] | None = None
 
     def close(self) -> None:
+        """Restore the caller's context; safe to call twice (abort closes, then exit does)."""
         if self.principal_token is not None:
             reset_principal(self.principal_token)
+            self.principal_token = None
         if self.deadline_token is not None:
             _deadline.reset(self.deadline_token)
+            self.deadline_token = None
 
     async def abort_with(self, error: BaseException) -> None:
         reply = status_for(error, current_trace_id())

@@ -81,3 +81,10 @@ class AuthService(ServiceComponent):
     default_ports = {"grpc": 50051}
     depends_on = ("postgres", "redis", "kafka", "otlp")
     grpc_services = ("auth.v1.AuthService",)
+
+
+class KnowledgeService(ServiceComponent):
+    name = "knowledge"
+    default_ports = {"grpc": 50052}
+    depends_on = ("postgres", "kafka", "otlp", "auth")
+    grpc_services = ("knowledge.v1.KnowledgeService",)

@@ -1,0 +1,55 @@
+"""Wiring of the knowledge service: settings, store, use cases, server, outbox relay."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from services.api.knowledge.v1 import knowledge_pb2_grpc
+from services.kit import app
+from services.kit.db import create_engine, session_factory
+from services.kit.kafka import EventProducer, new_producer
+from services.kit.migrations import upgrade_to_head
+from services.kit.outbox import OutboxRelay
+from services.kit.server import ServiceSpec
+from services.kit.settings import ServiceSettings
+from services.knowledge import VERSION
+from services.knowledge.repository import KnowledgeRepository
+from services.knowledge.server import PUBLIC_METHODS, SERVICE_NAME, KnowledgeServer
+from services.knowledge.service import KnowledgeService
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+class KnowledgeSettings(ServiceSettings):
+    service_name: str = "knowledge"
+    grpc_port: int = 50052
+
+
+async def build(settings: KnowledgeSettings, resources: AsyncExitStack) -> app.Application:
+    dsn = settings.database_dsn("knowledge")
+    await upgrade_to_head(MIGRATIONS, dsn)
+    engine = create_engine(dsn)
+    resources.push_async_callback(engine.dispose)
+    sessions = session_factory(engine)
+    kafka = new_producer(settings.kafka_bootstrap, client_id="knowledge")
+    await kafka.start()
+    resources.push_async_callback(kafka.stop)
+    relay = OutboxRelay(sessions, EventProducer(kafka))
+
+    service = KnowledgeService(sessions=sessions, repository=KnowledgeRepository(), on_commit=relay.wake)
+    spec = ServiceSpec(
+        name="knowledge",
+        version=VERSION,
+        grpc_services=[SERVICE_NAME],
+        register=lambda server: knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server(
+            KnowledgeServer(service), server
+        ),
+        public_methods=PUBLIC_METHODS,
+    )
+    # Tokens are verified against the auth service's JWKS, fetched on first use.
+    return app.Application(spec=spec, verifier=app.platform_verifier(settings), background=[relay.run])
+
+
+def main() -> None:
+    app.main(build, KnowledgeSettings, VERSION)
