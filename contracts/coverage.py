@@ -1,14 +1,8 @@
-"""Which RPCs the contract suites cover, against what the protos document.
+"""The coverage check of the contract suites.
 
-Every contract test declares the RPC it exercises and the outcome it checks:
-
-    @contract("knowledge.v1.KnowledgeService/UpdateDocument", "ABORTED")
-    async def test_a_stale_version_is_a_conflict(transport, ...): ...
-
-The descriptor set (with source comments) says, for each RPC, the errors its comment lists
-under "Errors:". The coverage check requires, for every RPC of every service the platform
-runs, a test for success ("OK") and one for each documented error; services not built yet
-are reported as pending, by name.
+For every RPC of every service the platform runs, there must be a contract test for success
+("OK") and one for each error its proto documents; services not built yet are reported as
+pending, by name.
 
     python -m contracts.coverage     prints the table; exits 1 when something is missing
 """
@@ -17,79 +11,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import re
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
 
-import grpc
-import pytest
-from google.protobuf import descriptor_pb2
-
-from contracts.generate import DESCRIPTOR_NAME, OUTPUT_DIR
+from contracts.registry import COVERED, documented_rpcs
 
 SUITES_PACKAGE = "contracts.suites"
-STATUS_NAMES = frozenset(code.name for code in grpc.StatusCode)
-ERRORS_BLOCK = re.compile(r"Errors:(.*)", re.DOTALL)
-ERROR_LINE = re.compile(r"^\s*([A-Z][A-Z_]+)\s*(?:/[^:]*)?:", re.MULTILINE)
-
-# "auth.v1.AuthService/SignUp" → statuses checked by some test
-COVERED: dict[str, set[str]] = defaultdict(set)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def contract(rpc: str, *statuses: str) -> Callable[[F], F]:
-    """Mark a test as the contract test of `rpc` for the given outcomes (default "OK")."""
-    checked = statuses or ("OK",)
-    unknown = [status for status in checked if status not in STATUS_NAMES]
-    if unknown:
-        raise ValueError(f"{rpc}: {unknown} are not gRPC status names")
-    if rpc not in documented_rpcs():
-        raise ValueError(f"{rpc} is not an RPC of the contracts (service/Method, e.g. auth.v1.AuthService/Login)")
-    COVERED[rpc].update(checked)
-
-    def mark(test: F) -> F:
-        marked: F = pytest.mark.contract(rpc=rpc, statuses=checked)(test)
-        return marked
-
-    return mark
-
-
-# ------------------------------------------------------------- the protos
-
-
-def descriptor_set(path: Path = OUTPUT_DIR / DESCRIPTOR_NAME) -> descriptor_pb2.FileDescriptorSet:
-    return descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
-
-
-def documented_errors(comment: str) -> set[str]:
-    """Status names listed under "Errors:" in an RPC's comment."""
-    block = ERRORS_BLOCK.search(comment)
-    if block is None:
-        return set()
-    return {name for name in ERROR_LINE.findall(block.group(1)) if name in STATUS_NAMES}
-
-
-_RPCS: dict[str, set[str]] | None = None
-
-
-def documented_rpcs() -> dict[str, set[str]]:
-    """Every RPC of our contracts → the outcomes it documents (OK plus its errors)."""
-    global _RPCS
-    if _RPCS is None:
-        _RPCS = {}
-        for file in descriptor_set().file:
-            if file.name.startswith(("google/", "grpc/")):
-                continue
-            comments = {tuple(loc.path): loc.leading_comments for loc in file.source_code_info.location}
-            for s_index, service in enumerate(file.service):
-                for m_index, method in enumerate(service.method):
-                    comment = comments.get((6, s_index, 2, m_index), "")
-                    _RPCS[f"{file.package}.{service.name}/{method.name}"] = {"OK", *documented_errors(comment)}
-    return _RPCS
 
 
 # --------------------------------------------------------------- coverage

@@ -2,7 +2,7 @@
 
 One listener serves every externally visible RPC three ways: native gRPC, gRPC-Web (browsers)
 and JSON (transcoded from the `google.api.http` annotations). The filter chain is
-cors → jwt_authn → grpc_web → grpc_json_transcoder → router, and every request is traced
+cors → grpc_web → jwt_authn → grpc_json_transcoder → router, and every request is traced
 with Envoy's OpenTelemetry tracer into the OTLP receiver.
 
 Routing:
@@ -128,11 +128,12 @@ def connection_manager(settings: EnvoySettings) -> dict[str, Any]:
         "route_config": route_config(settings),
         "http_filters": [
             cors_filter(),
-            jwt_filter(settings.jwt),
+            # Before jwt_authn, so its refusals reach gRPC-Web clients as grpc-status trailers.
             {
                 "name": "envoy.filters.http.grpc_web",
                 "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"},
             },
+            jwt_filter(settings.jwt),
             transcoder_filter(settings),
             {
                 "name": "envoy.filters.http.router",

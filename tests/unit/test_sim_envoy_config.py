@@ -68,8 +68,8 @@ def test_filter_chain_order() -> None:
     names = [f["name"] for f in connection_manager(build_config(settings()))["http_filters"]]
     assert names == [
         "envoy.filters.http.cors",
+        "envoy.filters.http.grpc_web",  # before jwt_authn: its refusals reach gRPC-Web clients as trailers
         "envoy.filters.http.jwt_authn",
-        "envoy.filters.http.grpc_web",
         "envoy.filters.http.grpc_json_transcoder",
         "envoy.filters.http.router",
     ]

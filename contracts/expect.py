@@ -1,0 +1,51 @@
+"""What contract tests assert about a reply, the same way on every transport."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+
+from contracts.http_rules import http_status_for_grpc_code
+from contracts.transports import JSON_HTTP, Reply
+
+M = TypeVar("M", bound=Message)
+
+
+def expect_ok(reply: Reply, message_type: type[M]) -> M:
+    message = reply.unwrap()
+    assert isinstance(message, message_type), f"{reply.transport}: got {type(message).__name__}"
+    return message
+
+
+def expect_error(reply: Reply, code: grpc.StatusCode, *fragments: str) -> None:
+    """The call failed with `code` (and, over JSON, its HTTP status), and its message says
+    each of `fragments` (case-insensitive), so a user can tell what to do."""
+    assert reply.code == code, (
+        f"{reply.transport} {reply.method}: expected {code.name}, got {reply.code.name}: {reply.details}"
+    )
+    if reply.transport == JSON_HTTP:
+        assert reply.http_status == http_status_for_grpc_code(code), (
+            f"JSON: expected HTTP {http_status_for_grpc_code(code)} for {code.name}, got {reply.http_status}"
+        )
+    for fragment in fragments:
+        assert fragment.lower() in reply.details.lower(), f"{reply.transport}: {fragment!r} not in {reply.details!r}"
+
+
+def bad_request_fields(reply: Reply) -> list[str]:
+    """The fields named by a google.rpc.BadRequest detail of the reply."""
+    fields: list[str] = []
+    for detail in reply.status.details if reply.status else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            fields += [violation.field for violation in bad_request.field_violations]
+    return fields
+
+
+def expect_invalid_field(reply: Reply, field: str) -> None:
+    """INVALID_ARGUMENT naming the field, in the message and in a BadRequest detail."""
+    expect_error(reply, grpc.StatusCode.INVALID_ARGUMENT, field)
+    assert field in bad_request_fields(reply), f"{reply.transport}: no BadRequest violation for {field!r}"
