@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 from filelock import FileLock
@@ -84,3 +85,9 @@ def traces(stack: StackEndpoints) -> TraceCapture:
         )
     )
     return TraceCapture(TraceStore(connect(stack.clickhouse_url)), provider, stack.otlp_http)
+
+
+@pytest.fixture(scope="session")
+def run_dir_root() -> Path:
+    """The run directory of the stack under test (its logs are in logs/)."""
+    return RunDirectory().root
