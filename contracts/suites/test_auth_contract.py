@@ -13,7 +13,7 @@ import pytest
 from contracts.expect import expect_error, expect_invalid_field, expect_ok
 from contracts.registry import contract
 from contracts.transports import JSON_HTTP, MethodRef, Transport
-from fixtures.accounts import Account, new_credentials, sign_up
+from fixtures.accounts import Account, client_address, new_credentials, sign_up
 from fixtures.events import EventLog
 from services.api.auth.v1 import auth_pb2
 from services.api.events.v1 import events_pb2
@@ -34,9 +34,8 @@ async def who_am_i(transport: Transport, token: str) -> auth_pb2.User:
     ).user
 
 
-async def login(transport: Transport, email: str, password: str, address: str = "") -> auth_pb2.LoginResponse | None:
-    metadata = [("x-forwarded-for", address)] if address else []
-    reply = await transport.unary(LOGIN, auth_pb2.LoginRequest(email=email, password=password), metadata=metadata)
+async def login(transport: Transport, email: str, password: str) -> auth_pb2.LoginResponse | None:
+    reply = await transport.unary(LOGIN, auth_pb2.LoginRequest(email=email, password=password))
     return expect_ok(reply, auth_pb2.LoginResponse) if reply.ok else None
 
 
@@ -125,8 +124,13 @@ async def test_login_needs_both_fields(transport: Transport, field: str, email: 
 @contract("auth.v1.AuthService/Login", "UNAUTHENTICATED")
 async def test_wrong_password_and_unknown_email_look_the_same(transport: Transport, setup_transport: Transport) -> None:
     account = await sign_up(setup_transport)
-    wrong = await transport.unary(LOGIN, auth_pb2.LoginRequest(email=account.email, password="not the password!"))
-    unknown = await transport.unary(LOGIN, auth_pb2.LoginRequest(email=new_credentials()[0], password="whatever it is"))
+    address = client_address()
+    wrong = await transport.unary(
+        LOGIN, auth_pb2.LoginRequest(email=account.email, password="not the password!"), metadata=address
+    )
+    unknown = await transport.unary(
+        LOGIN, auth_pb2.LoginRequest(email=new_credentials()[0], password="whatever it is"), metadata=address
+    )
     expect_error(wrong, grpc.StatusCode.UNAUTHENTICATED, "email or password is wrong")
     expect_error(unknown, grpc.StatusCode.UNAUTHENTICATED)
     assert wrong.details == unknown.details, "accounts cannot be probed"
@@ -135,11 +139,26 @@ async def test_wrong_password_and_unknown_email_look_the_same(transport: Transpo
 @contract("auth.v1.AuthService/Login", "RESOURCE_EXHAUSTED")
 async def test_repeated_failures_lock_the_account_for_a_while(transport: Transport, setup_transport: Transport) -> None:
     account = await sign_up(setup_transport)
+    address = client_address()
     for _ in range(5):
-        reply = await transport.unary(LOGIN, auth_pb2.LoginRequest(email=account.email, password="guessing wrongly"))
-        expect_error(reply, grpc.StatusCode.UNAUTHENTICATED)
-    locked = await transport.unary(LOGIN, auth_pb2.LoginRequest(email=account.email, password=account.password))
-    expect_error(locked, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many failed logins", "retry in")
+        guess = auth_pb2.LoginRequest(email=account.email, password="guessing wrongly")
+        expect_error(await transport.unary(LOGIN, guess, metadata=address), grpc.StatusCode.UNAUTHENTICATED)
+    right = auth_pb2.LoginRequest(email=account.email, password=account.password)
+    locked = await transport.unary(LOGIN, right, metadata=client_address())  # from anywhere
+    expect_error(locked, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many failed logins for this account", "retry in")
+
+
+@contract("auth.v1.AuthService/Login", "RESOURCE_EXHAUSTED")
+async def test_an_address_trying_many_accounts_is_stopped(transport: Transport, setup_transport: Transport) -> None:
+    account = await sign_up(setup_transport)
+    address = client_address()
+    for _ in range(50):  # one failure for each of 50 different accounts
+        probe = auth_pb2.LoginRequest(email=new_credentials()[0], password="password123456")
+        expect_error(await transport.unary(LOGIN, probe, metadata=address), grpc.StatusCode.UNAUTHENTICATED)
+    right = auth_pb2.LoginRequest(email=account.email, password=account.password)
+    blocked = await transport.unary(LOGIN, right, metadata=address)
+    expect_error(blocked, grpc.StatusCode.RESOURCE_EXHAUSTED, "from this address")
+    assert (await transport.unary(LOGIN, right, metadata=client_address())).ok, "other addresses are not affected"
 
 
 # ----------------------------------------------------------------- Refresh

@@ -36,9 +36,9 @@ class AuthSettings(ServiceSettings):
     grpc_port: int = 50051
     access_token_ttl_s: int = 900
     refresh_token_ttl_s: int = 30 * 24 * 3600
-    # Login throttling: failed logins per account and attempts per address, per window.
+    # Login throttling: failed logins per account and per client address, per rolling window.
     login_failures_per_account: int = 5
-    login_attempts_per_address: int = 300
+    login_failures_per_address: int = 50
     login_window_s: int = 300
     # Signing keys: a key signs for key_rotation_s; its successor is published
     # key_publish_ahead_s before it signs (Envoy and services refetch the JWKS faster than that).
@@ -67,7 +67,7 @@ def build_service(
         ),
         limits=LoginLimits(
             failures_per_account=settings.login_failures_per_account,
-            attempts_per_address=settings.login_attempts_per_address,
+            failures_per_address=settings.login_failures_per_address,
             window=timedelta(seconds=settings.login_window_s),
         ),
         keys=KeySettings(

@@ -237,17 +237,19 @@ def due_for_rotation(keys: Sequence[SigningKey], now: datetime, max_age: timedel
 
 @dataclass(frozen=True)
 class LoginLimits:
-    """Failed logins per account, and attempts per client address, in a rolling window."""
+    """Failed logins allowed per account (guessing one password) and per client address
+    (trying many accounts), in a rolling window. Successful logins never count."""
 
     failures_per_account: int
-    attempts_per_address: int
+    failures_per_address: int
     window: timedelta
 
 
-def login_blocked(account_failures: int, address_attempts: int, limits: LoginLimits) -> str | None:
+def login_blocked(account_failures: int, address_failures: int, limits: LoginLimits) -> str | None:
     """Why a login attempt is refused now, or None."""
+    retry = f"retry in {int(limits.window.total_seconds())} s"
     if account_failures >= limits.failures_per_account:
-        return f"too many failed logins for this account; retry in {int(limits.window.total_seconds())} s"
-    if address_attempts > limits.attempts_per_address:
-        return f"too many login attempts from this address; retry in {int(limits.window.total_seconds())} s"
+        return f"too many failed logins for this account; {retry}"
+    if address_failures >= limits.failures_per_address:
+        return f"too many failed logins from this address; {retry}"
     return None

@@ -98,6 +98,8 @@ class AuthService:
         self.on_commit = on_commit  # wakes the outbox relay
         self.clock = clock
         self._keys: list[SigningKey] = []
+        # A hash of a random password, for logins to unknown emails (see login).
+        self._unknown_user_hash = hasher.hash(uuid.uuid4().hex)
         self._loaded: dict[str, LoadedKey] = {}
 
     # ------------------------------------------------------------ accounts
@@ -134,7 +136,6 @@ class AuthService:
     async def login(self, email: str, password: str, address: str) -> tuple[User, IssuedTokens]:
         email = check_login_input(email, password)
         account_key, address_key = LoginAttempts.account_key(email), LoginAttempts.address_key(address)
-        await self.attempts.record(address_key)
         refusal = login_blocked(
             await self.attempts.count(account_key), await self.attempts.count(address_key), self.limits
         )
@@ -142,10 +143,13 @@ class AuthService:
             raise RateLimited(refusal, retry_after_s=self.limits.window.total_seconds())
         async with self.sessions() as session:
             found = await self.repository.user_with_password(session, email)
-        if found is None or not await self._password_matches(found[1], password):
+        # An unknown email costs the same hash as a wrong password: timing must not tell them apart.
+        stored_hash = found[1] if found else self._unknown_user_hash
+        if not await self._password_matches(stored_hash, password) or found is None:
             await self.attempts.record(account_key)
+            await self.attempts.record(address_key)
             raise Unauthenticated(BAD_CREDENTIALS)
-        user, stored_hash = found
+        user = found[0]
         await self.attempts.clear(account_key)
         async with transaction(self.sessions) as session:
             if self.hasher.check_needs_rehash(stored_hash):
