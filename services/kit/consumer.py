@@ -15,7 +15,7 @@ import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from google.protobuf.message import DecodeError
@@ -104,6 +104,7 @@ class EventConsumer:
         producer: EventProducer,
         retry: RetryPolicy | None = None,
         max_batch: int = 100,
+        start_from: Literal["earliest", "latest"] = "earliest",
     ) -> None:
         self.group_id = group_id
         self.topics = list(topics)
@@ -119,12 +120,22 @@ class EventConsumer:
             group_id=group_id,
             client_id=group_id,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # A new group reads a topic from its start (nothing missed), or only what comes next.
+            auto_offset_reset=start_from,
             isolation_level="read_committed",
         )
 
     async def start(self) -> None:
         await self.consumer.start()
+
+    async def wait_assigned(self, timeout_s: float = 15.0) -> None:
+        """Until the group gave this consumer its partitions and their starting offsets are
+        known, so an event produced from now on is seen whatever `start_from` says."""
+        async with asyncio.timeout(timeout_s):
+            while not self.consumer.assignment():
+                await asyncio.sleep(0.05)
+            for partition in self.consumer.assignment():
+                await self.consumer.position(partition)
 
     async def stop(self) -> None:
         await self.consumer.stop()
