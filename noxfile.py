@@ -79,3 +79,4 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "simulations", "bench", "startup")
     session.run("python", "-m", "observability.bench", "ingest")
     session.run("python", "-m", "observability.bench", "overhead")
+    session.run("python", "-m", "loadtests.bench_getdocument")

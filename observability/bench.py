@@ -14,12 +14,10 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 
 import aiohttp
 import grpc
@@ -30,28 +28,15 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from observability.clickhouse import connect
-from simulations.launcher import Launcher
+from simulations.launcher import isolated_stack
 from simulations.platform import PLATFORM
-from simulations.rundir import RunDirectory
-from simulations.topology import PORT_OFFSET_ENV
 
 BENCH_PORT_OFFSET = 700
 Export = Callable[..., Awaitable[trace_service_pb2.ExportTraceServiceResponse]]
 
 
-@asynccontextmanager
-async def components(*names: str) -> AsyncIterator[dict[str, dict[str, str]]]:
-    """The named components (and their dependencies) on moved ports, stopped afterwards."""
-    os.environ[PORT_OFFSET_ENV] = str(BENCH_PORT_OFFSET)
-    with tempfile.TemporaryDirectory(prefix="kph-bench-") as scratch:
-        run_dir = RunDirectory(Path(scratch))
-        run_dir.prepare_fresh(supervisor_pid=os.getpid(), keep_data=False)
-        launcher = Launcher(PLATFORM.subset(names), run_dir)
-        await launcher.start()
-        try:
-            yield {name: dict(r.component.endpoints()) for name, r in launcher.running.items()}
-        finally:
-            await launcher.stop()
+def components(*names: str) -> AbstractAsyncContextManager[dict[str, dict[str, str]]]:
+    return isolated_stack(PLATFORM, names, BENCH_PORT_OFFSET)
 
 
 # ---------------------------------------------------------------- ingest

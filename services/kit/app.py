@@ -16,6 +16,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import uvloop
+
 from services.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.kit.auth import RefreshingKeys, TokenVerifier
 from services.kit.clients import service_channel
@@ -43,7 +45,8 @@ def main(build: Build[SettingsT], settings_type: type[SettingsT], version: str) 
     """Entry point of a service process."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    asyncio.run(run(build, settings_type(), version))
+    # uvloop: the same asyncio, with a faster event loop under gRPC, asyncpg and Kafka I/O.
+    uvloop.run(run(build, settings_type(), version))
 
 
 async def run(build: Build[SettingsT], settings: SettingsT, version: str) -> None:

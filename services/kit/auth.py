@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -102,13 +103,33 @@ class RefreshingKeys:
 
 
 class TokenVerifier:
-    def __init__(self, keys: KeySource, issuer: str, audiences: Sequence[str], leeway_s: int = 30) -> None:
+    """Checks access tokens. A token verified once is remembered until it expires: a token
+    never changes, and an RSA signature check costs more than the rest of a cheap request."""
+
+    def __init__(
+        self, keys: KeySource, issuer: str, audiences: Sequence[str], leeway_s: int = 30, cache_size: int = 10_000
+    ) -> None:
         self.keys = keys
         self.issuer = issuer
         self.audiences = list(audiences)
         self.leeway_s = leeway_s
+        self.cache_size = cache_size
+        self._verified: OrderedDict[str, Principal] = OrderedDict()
 
     async def verify(self, token: str) -> Principal:
+        known = self._verified.get(token)
+        if known is not None:
+            if time.time() < known.expires_at + self.leeway_s:
+                self._verified.move_to_end(token)
+                return known
+            del self._verified[token]
+        principal = await self._verify_uncached(token)
+        self._verified[token] = principal
+        if len(self._verified) > self.cache_size:
+            self._verified.popitem(last=False)
+        return principal
+
+    async def _verify_uncached(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError as error:

@@ -1,7 +1,8 @@
 """The gRPC server every service runs.
 
-`build_server` assembles a `grpc.aio` server with, in order: OpenTelemetry's server
-interceptor, then the `RpcBoundary` (deadline capture, token verification, error mapping);
+`build_server` assembles a `grpc.aio` server with the `RpcBoundary` interceptor (the call's
+SERVER span, deadline capture, token verification, error mapping) — one wrapper per call, so
+the common path stays cheap —
 standard health checking and reflection. `serve` runs it until SIGTERM/SIGINT and shuts down
 gracefully: health turns NOT_SERVING, in-flight calls get a grace period, spans are flushed.
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import signal
 import time
@@ -20,10 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.kit.auth import (
     MISSING_TOKEN,
@@ -33,10 +38,11 @@ from services.kit.auth import (
     reset_principal,
     set_principal,
 )
-from services.kit.errors import DomainError, Unauthenticated, status_for
+from services.kit.errors import DomainError, InvalidArgument, Unauthenticated, status_for
 from services.kit.telemetry import current_trace_id
 
 log = logging.getLogger("services.kit.server")
+_tracer = trace.get_tracer("services.kit.server")
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
@@ -79,9 +85,14 @@ class ServiceSpec:
 class RpcBoundary(grpc.aio.ServerInterceptor):
     """Where a call enters the service: its deadline, its caller, and its errors."""
 
-    def __init__(self, verifier: TokenVerifier | None, public_methods: Iterable[str]) -> None:
+    def __init__(
+        self, verifier: TokenVerifier | None, public_methods: Iterable[str], tracer: trace.Tracer | None = None
+    ) -> None:
         self.verifier = verifier
         self.public_methods = frozenset(public_methods)
+        self.tracer = tracer or _tracer
+        # A method's handler never changes: wrap it once, not on every call.
+        self._wrapped: dict[str, Handler] = {}
 
     def is_public(self, method: str) -> bool:
         return method in self.public_methods or method.startswith(ALWAYS_PUBLIC_PREFIXES)
@@ -91,15 +102,20 @@ class RpcBoundary(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
         method: str = handler_call_details.method
-        return wrap_handler(handler, self._enter(method, self.is_public(method)))
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None
+            wrapped = self._wrapped[method] = wrap_handler(handler, self._enter(method, self.is_public(method)))
+        return wrapped
 
     def _enter(self, method: str, public: bool) -> Callable[[Context], Awaitable[CallScope]]:
+        service, _, name = method.lstrip("/").partition("/")
+
         async def enter(context: Context) -> CallScope:
-            scope = CallScope(context)
+            scope = CallScope(context, server_span(self.tracer, context, service, name))
             scope.deadline_token = set_deadline_in(context.time_remaining())
             try:
                 principal = await self._authenticate(context, public)
@@ -125,22 +141,64 @@ class RpcBoundary(grpc.aio.ServerInterceptor):
             raise
 
 
+def server_span(tracer: trace.Tracer, context: Context, service: str, method: str) -> ActiveSpan:
+    """The call's SERVER span, a child of the caller's trace context (W3C headers in the
+    metadata); attributes are computed only when the span is sampled."""
+    carrier = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+    span = tracer.start_span(f"{service}/{method}", context=propagate.extract(carrier), kind=SpanKind.SERVER)
+    if span.is_recording():
+        span.set_attributes({"rpc.system": "grpc", "rpc.service": service, "rpc.method": method})
+        span.set_attribute("network.peer.address", context.peer() or "")
+    return ActiveSpan(span, otel_context.attach(trace.set_span_in_context(span)))
+
+
+@dataclass
+class ActiveSpan:
+    span: trace.Span
+    attached: object  # the token that restores the previous OpenTelemetry context
+
+
+# Server-side outcomes that make a span an error (OpenTelemetry's gRPC conventions); refusing a
+# caller's bad request is the service working, not failing.
+SERVER_ERROR_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
 class CallScope:
     """The context of one call: set up on entry, torn down on exit, errors mapped in between."""
 
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, active: ActiveSpan) -> None:
         self.context = context
+        self.active: ActiveSpan | None = active
         self.deadline_token: contextvars.Token[float | None] | None = None
         self.principal_token: contextvars.Token[Principal | None] | None = None
 
-    def close(self) -> None:
-        """Restore the caller's context; safe to call twice (abort closes, then exit does)."""
+    def close(self, code: grpc.StatusCode = grpc.StatusCode.OK, message: str = "") -> None:
+        """End the span and restore the caller's context; safe to call twice (abort closes,
+        then exit does: the first outcome counts)."""
         if self.principal_token is not None:
             reset_principal(self.principal_token)
             self.principal_token = None
         if self.deadline_token is not None:
             _deadline.reset(self.deadline_token)
             self.deadline_token = None
+        if self.active is not None:
+            span = self.active.span
+            if span.is_recording():
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                if code in SERVER_ERROR_CODES:
+                    span.set_status(Status(StatusCode.ERROR, message or code.name))
+            span.end()
+            otel_context.detach(self.active.attached)  # type: ignore[arg-type]
+            self.active = None
 
     async def abort_with(self, error: BaseException) -> None:
         reply = status_for(error, current_trace_id())
@@ -149,21 +207,62 @@ class CallScope:
         trailing: tuple[tuple[str, bytes], ...] = ()
         if reply.details is not None:
             trailing = (("grpc-status-details-bin", reply.details.SerializeToString()),)
-        self.close()
+        if self.active is not None and not isinstance(error, DomainError):
+            self.active.span.record_exception(error)
+        self.close(reply.code, reply.message)
         await self.context.abort(reply.code, reply.message, trailing)
 
 
 Enter = Callable[[Context], Awaitable[CallScope]]
 
 
+@dataclass(frozen=True)
+class MalformedRequest:
+    """What a request that does not decode becomes, so the call answers INVALID_ARGUMENT
+    (instead of grpc's UNKNOWN with the parser's exception text)."""
+
+    problem: str
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument("request", f"is not a valid protobuf message ({self.problem}); strings must be UTF-8")
+
+
+def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as error:
+            return MalformedRequest(str(error))
+
+    return parse
+
+
+async def checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, MalformedRequest):
+            raise request.error()
+        yield request
+
+
 def wrap_handler(handler: Handler, enter: Enter) -> Handler:
-    """The same handler, run inside a CallScope, for each of the four RPC shapes."""
+    """The same handler, run inside a CallScope, for each of the four RPC shapes. (grpc.aio
+    tells coroutines and async generators apart by inspecting the callable: partials of
+    `run_unary` / `run_streaming` keep that visible, lambdas would hide it.)"""
 
     async def run_unary(behavior: Any, request: Any, context: Context) -> Any:
         scope = await enter(context)
         try:
-            return await behavior(request, context)
-        except (grpc.aio.AbortError, asyncio.CancelledError):
+            if isinstance(request, MalformedRequest):
+                raise request.error()
+            return await behavior(checked(request), context)
+        except grpc.aio.AbortError:
+            scope.close(context.code() or grpc.StatusCode.UNKNOWN)
+            raise
+        except asyncio.CancelledError:
+            scope.close(grpc.StatusCode.CANCELLED)
             raise
         except Exception as error:
             await scope.abort_with(error)
@@ -173,40 +272,52 @@ def wrap_handler(handler: Handler, enter: Enter) -> Handler:
     async def run_streaming(behavior: Any, request: Any, context: Context) -> AsyncIterator[Any]:
         scope = await enter(context)
         try:
-            async for response in behavior(request, context):
+            if isinstance(request, MalformedRequest):
+                raise request.error()
+            async for response in behavior(checked(request), context):
                 yield response
-        except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
+        except grpc.aio.AbortError:
+            scope.close(context.code() or grpc.StatusCode.UNKNOWN)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            scope.close(grpc.StatusCode.CANCELLED)
             raise
         except Exception as error:
             await scope.abort_with(error)
         finally:
             scope.close()
 
+    def checked(request: Any) -> Any:
+        """Request streams are checked message by message as the handler reads them."""
+        streaming = handler.request_streaming
+        return checked_stream(request) if streaming else request
+
+    deserializer = tolerant(handler.request_deserializer)
     if handler.unary_unary:
         inner_uu = handler.unary_unary
         return grpc.unary_unary_rpc_method_handler(
-            lambda request, context: run_unary(inner_uu, request, context),
-            request_deserializer=handler.request_deserializer,
+            functools.partial(run_unary, inner_uu),
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream:
         inner_us = handler.unary_stream
         return grpc.unary_stream_rpc_method_handler(
-            lambda request, context: run_streaming(inner_us, request, context),
-            request_deserializer=handler.request_deserializer,
+            functools.partial(run_streaming, inner_us),
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.stream_unary:
         inner_su = handler.stream_unary
         return grpc.stream_unary_rpc_method_handler(
-            lambda requests, context: run_unary(inner_su, requests, context),
-            request_deserializer=handler.request_deserializer,
+            functools.partial(run_unary, inner_su),
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
     inner_ss = handler.stream_stream
     return grpc.stream_stream_rpc_method_handler(
-        lambda requests, context: run_streaming(inner_ss, requests, context),
-        request_deserializer=handler.request_deserializer,
+        functools.partial(run_streaming, inner_ss),
+        request_deserializer=deserializer,
         response_serializer=handler.response_serializer,
     )
 
@@ -229,7 +340,7 @@ async def build_server(
 ) -> BuiltServer:
     """A started server that answers health NOT_SERVING until `set_serving(True)`."""
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(), RpcBoundary(verifier, spec.public_methods)],  # type: ignore[no-untyped-call]
+        interceptors=[RpcBoundary(verifier, spec.public_methods)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from services.api.knowledge.v1 import knowledge_pb2_grpc
 from services.kit import app
-from services.kit.db import create_engine, session_factory
+from services.kit.db import HotReads, create_engine, session_factory
 from services.kit.kafka import EventProducer, new_producer
 from services.kit.migrations import upgrade_to_head
 from services.kit.outbox import OutboxRelay
@@ -37,7 +37,9 @@ async def build(settings: KnowledgeSettings, resources: AsyncExitStack) -> app.A
     resources.push_async_callback(kafka.stop)
     relay = OutboxRelay(sessions, EventProducer(kafka))
 
-    service = KnowledgeService(sessions=sessions, repository=KnowledgeRepository(), on_commit=relay.wake)
+    reads = await HotReads.open(dsn)
+    resources.push_async_callback(reads.close)
+    service = KnowledgeService(sessions=sessions, repository=KnowledgeRepository(), reads=reads, on_commit=relay.wake)
     spec = ServiceSpec(
         name="knowledge",
         version=VERSION,

@@ -8,6 +8,8 @@ given, and a text column could not hold U+0000.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.kit.db import HotReads
 from services.knowledge.domain import (
     TAG_LENGTH,
     Cursor,
@@ -117,18 +120,19 @@ def membership_of(row: Row[Any]) -> Membership:
     )
 
 
-def document_of(row: Row[Any], with_content: bool = True) -> Document:
+def document_of(values: Mapping[Any, Any], with_content: bool = True) -> Document:
+    """A document from a row's values (a SQLAlchemy row's `_mapping`, or an asyncpg record)."""
     return Document(
-        document_id=str(row.document_id),
-        space_id=str(row.space_id),
-        title=row.title,
-        content=bytes(row.content).decode("utf-8") if with_content else "",
-        tags=tuple(row.tags),
-        version=int(row.version),
-        created_by=str(row.created_by),
-        created_at=row.created_at,
-        updated_by=str(row.updated_by),
-        updated_at=row.updated_at,
+        document_id=str(values["document_id"]),
+        space_id=str(values["space_id"]),
+        title=values["title"],
+        content=bytes(values["content"]).decode("utf-8") if with_content else "",
+        tags=tuple(values["tags"]),
+        version=int(values["version"]),
+        created_by=str(values["created_by"]),
+        created_at=values["created_at"],
+        updated_by=str(values["updated_by"]),
+        updated_at=values["updated_at"],
     )
 
 
@@ -146,6 +150,18 @@ def version_of(row: Row[Any], with_content: bool = True) -> DocumentVersion:
 # Listings never read content (the contract leaves it empty there): only these columns.
 DOCUMENT_LISTING_COLUMNS = [column for column in documents.c if column.name != "content"]
 VERSION_LISTING_COLUMNS = [column for column in document_versions.c if column.name != "content"]
+
+
+# GetDocument's one statement, the hottest read of the platform (see services.kit.db.HotReads):
+# the reader's role, and the live document if any, in one round trip.
+READABLE_DOCUMENT_SQL = """
+SELECT m.role AS reader_role, d.document_id, d.space_id, d.title, d.content, d.tags, d.version,
+       d.created_by, d.created_at, d.updated_by, d.updated_at
+FROM memberships AS m
+LEFT JOIN documents AS d
+  ON d.space_id = m.space_id AND d.document_id = $2 AND d.deleted_at IS NULL
+WHERE m.space_id = $1 AND m.user_id = $3
+"""
 
 
 class KnowledgeRepository:
@@ -325,7 +341,18 @@ class KnowledgeRepository:
         if for_update:
             query = query.with_for_update()
         row = (await session.execute(query)).first()
-        return document_of(row) if row else None
+        return document_of(row._mapping) if row else None
+
+    async def readable_document(
+        self, reads: HotReads, space_id: str, document_id: str, user_id: str
+    ) -> tuple[Role | None, Document | None]:
+        """The reader's role in the space and the live document: no row means not a member; a
+        row without a document means no such document."""
+        ids = (uuid.UUID(space_id), uuid.UUID(document_id), uuid.UUID(user_id))
+        row = await reads.fetchrow("SELECT readable_document", READABLE_DOCUMENT_SQL, *ids)
+        if row is None:
+            return None, None
+        return Role(row["reader_role"]), document_of(row) if row["document_id"] is not None else None
 
     async def live_version(self, session: AsyncSession, space_id: str, document_id: str) -> int | None:
         """The document's current version; None when it is deleted or not in this space."""
@@ -374,7 +401,7 @@ class KnowledgeRepository:
         rows = (
             await session.execute(query.order_by(documents.c.created_at, documents.c.document_id).limit(limit))
         ).all()
-        return [document_of(row, with_content=False) for row in rows]
+        return [document_of(row._mapping, with_content=False) for row in rows]
 
     # -- versions
 

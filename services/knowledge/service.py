@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from google.protobuf.message import Message
 
 from services.api.events.v1 import events_pb2
-from services.kit.db import SessionFactory, transaction
+from services.kit.db import HotReads, SessionFactory, transaction
 from services.kit.errors import AlreadyExists, NotFound
 from services.kit.events import EventEnvelope, new_envelope
 from services.kit.outbox import record_event
@@ -84,10 +84,12 @@ class KnowledgeService:
         self,
         sessions: SessionFactory,
         repository: KnowledgeRepository,
+        reads: HotReads,
         on_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.sessions = sessions
+        self.reads = reads  # the hottest reads, straight on asyncpg
         self.repository = repository
         self.on_commit = on_commit  # wakes the outbox relay
         self.clock = clock
@@ -283,11 +285,8 @@ class KnowledgeService:
 
     async def get_document(self, caller_id: str, space_id: str, document_id: str) -> Document:
         space_id, document_id = parse_id(space_id, "space_id"), parse_id(document_id, "document_id")
-        async with self.sessions() as session:
-            require_role(
-                await self.repository.role_of(session, space_id, caller_id), Role.VIEWER, "reading documents", space_id
-            )
-            document = await self.repository.live_document(session, space_id, document_id)
+        role, document = await self.repository.readable_document(self.reads, space_id, document_id, caller_id)
+        require_role(role, Role.VIEWER, "reading documents", space_id)
         if document is None:
             raise no_such_document(document_id, space_id)
         return document

@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -136,7 +136,7 @@ async def pair(issuer: TestIssuer, tracer_provider: tuple[TracerProvider, InMemo
     upstream, downstream = Upstream(), Downstream()  # type: ignore[abstract]
     with pytest.MonkeyPatch.context() as patch:
         # The kit builds its interceptors with the global provider; these use the local one.
-        patch.setattr("services.kit.server.aio_server_interceptor", functools.partial(aio_server_interceptor, provider))
+        patch.setattr("services.kit.server._tracer", provider.get_tracer("services.kit.server"))
         patch.setattr(
             "services.kit.clients.aio_client_interceptors", functools.partial(aio_client_interceptors, provider)
         )

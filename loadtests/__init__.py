@@ -1,0 +1,1 @@
+"""Load: Locust scenarios driving the stack through Envoy, and request-path benchmarks."""
