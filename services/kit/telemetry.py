@@ -1,11 +1,18 @@
 """OpenTelemetry for a service: one tracer provider, W3C propagation, and the instrumentation
-of gRPC (server and client), SQLAlchemy and Redis. Kafka spans are made by the kit's producer
-and consumer, which also carry the context in message headers.
+of every call a service makes.
+
+- gRPC: the kit's server boundary makes SERVER spans; its channels make CLIENT spans;
+- PostgreSQL: SQLAlchemy's instrumentation (services.kit.db), plus HotReads' own spans;
+- Redis and aiohttp: their OpenTelemetry instrumentations, installed here;
+- Kafka: the kit's producer and consumer, which carry the context in record headers;
+- DynamoDB (and any AWS API): `trace_aws_client`, on botocore's event hooks, because
+  aiobotocore's async clients bypass what the botocore instrumentation patches.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -15,6 +22,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _provider: TracerProvider | None = None
@@ -60,9 +68,61 @@ def setup_telemetry(settings: TelemetrySettings) -> TracerProvider:
 
 
 def _instrument_libraries() -> None:
+    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
     RedisInstrumentor().instrument()
+    AioHttpClientInstrumentor().instrument()
+
+
+def trace_aws_client(client: Any, tracer_provider: trace.TracerProvider | None = None) -> None:
+    """Make every call of an aiobotocore client (DynamoDB, ...) a CLIENT span of the current
+    trace, named "<service>.<Operation>", an error when AWS answers with an error."""
+    tracer = trace.get_tracer("services.kit.aws", tracer_provider=tracer_provider)
+    service = client.meta.service_model.service_name
+
+    def remember_table(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        # The API parameters are only seen before they are serialized into the request.
+        if "TableName" in params:
+            context[_TABLE_KEY] = params["TableName"]
+
+    def before_call(model: Any, context: dict[str, Any], **_: Any) -> None:
+        span = tracer.start_span(f"{service}.{model.name}", kind=SpanKind.CLIENT)
+        if span.is_recording():
+            span.set_attributes({"rpc.system": "aws-api", "rpc.service": service, "rpc.method": model.name})
+            if service == "dynamodb":
+                span.set_attribute("db.system", "dynamodb")
+            if _TABLE_KEY in context:
+                span.set_attribute("aws.dynamodb.table_names", [context[_TABLE_KEY]])
+        context[_SPAN_KEY] = span
+
+    def after_call(http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        span = context.pop(_SPAN_KEY, None)
+        if span is None:
+            return
+        status = getattr(http_response, "status_code", 0)
+        span.set_attribute("http.response.status_code", status)
+        if status >= 400:
+            error = parsed.get("Error", {})
+            span.set_status(Status(StatusCode.ERROR, f"{error.get('Code', status)}: {error.get('Message', '')}"))
+        span.end()
+
+    def after_call_error(exception: BaseException, context: dict[str, Any], **_: Any) -> None:
+        span = context.pop(_SPAN_KEY, None)
+        if span is not None:
+            span.record_exception(exception)
+            span.set_status(Status(StatusCode.ERROR, str(exception)))
+            span.end()
+
+    events = client.meta.events
+    events.register(f"before-parameter-build.{service}", remember_table)
+    events.register(f"before-call.{service}", before_call)
+    events.register(f"after-call.{service}", after_call)
+    events.register(f"after-call-error.{service}", after_call_error)
+
+
+_SPAN_KEY = "services.kit.telemetry.span"
+_TABLE_KEY = "services.kit.telemetry.table"
 
 
 def shutdown_telemetry() -> None:

@@ -115,3 +115,16 @@ async def test_spans_sent_while_clickhouse_is_down_are_written_when_it_is_back(r
     assert after["dropped"] == 0
     assert after["insert_failures"] >= 1, "the outage was noticed and retried"
     assert await asyncio.to_thread(rows_named, clickhouse_url, "during-outage") == 1000
+
+
+async def test_a_clean_stop_writes_every_span_it_accepted(receiver: Launcher) -> None:
+    otlp, clickhouse_url = endpoints(receiver, "otlp"), endpoints(receiver, "clickhouse")["http"]
+    async with grpc.aio.insecure_channel(otlp["grpc"]) as channel:
+        stub = trace_service_pb2_grpc.TraceServiceStub(channel)  # type: ignore[no-untyped-call]
+        for _ in range(20):
+            await stub.Export(export_request(500, "before-stop", time.time_ns()), timeout=5)
+    buffered = (await stats(otlp["http"]))["buffered"]
+    await receiver.stop_component("otlp")  # SIGTERM right away: the buffer must be drained, not dropped
+    assert await asyncio.to_thread(rows_named, clickhouse_url, "before-stop") == 10_000, (
+        f"{buffered} spans were still buffered at the stop"
+    )
