@@ -106,9 +106,20 @@ class TraceTree:
         """Spans naming a parent that never arrived."""
         return [s for s in self.spans if s.parent_span_id and s.parent_span_id not in self.by_id]
 
+    def unreachable(self) -> list[Span]:
+        """Spans no root leads to: their parent ids form a cycle (corrupt ids)."""
+        reached: set[str] = set()
+        pending = [root.span_id for root in self.roots()]
+        while pending:
+            span_id = pending.pop()
+            if span_id not in reached:
+                reached.add(span_id)
+                pending.extend(child.span_id for child in self.children(span_id))
+        return [item for item in self.spans if item.span_id not in reached]
+
     def is_connected(self) -> bool:
-        """One root and no span waiting for a missing parent."""
-        return len(self.roots()) == 1 and not self.orphans()
+        """One root, no span waiting for a missing parent, and every span under that root."""
+        return len(self.roots()) == 1 and not self.orphans() and not self.unreachable()
 
     def services(self) -> set[str]:
         return {s.service for s in self.spans}
@@ -122,7 +133,7 @@ class TraceTree:
     def ancestors(self, item: Span) -> list[Span]:
         chain = []
         current = self.by_id.get(item.parent_span_id)
-        while current is not None and current not in chain:
+        while current is not None and current not in chain and current is not item:
             chain.append(current)
             current = self.by_id.get(current.parent_span_id)
         return chain
@@ -157,6 +168,10 @@ class TraceTree:
 
         for root in self.roots():
             walk(root, 0)
+        cycle = self.unreachable()
+        if cycle:
+            lines.append(f"{len(cycle)} span(s) in a parent cycle (corrupt ids):")
+            lines += [f"  {item.describe()}" for item in cycle]
         return "\n".join(lines)
 
 
