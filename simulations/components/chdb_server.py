@@ -66,7 +66,7 @@ POLL_S = 0.05
 
 
 def log(message: str, stream: TextIO = sys.stdout) -> None:
-    print(f"chdb_server: {message}", file=stream, flush=True)
+    print(f"{time.strftime('%H:%M:%S')} chdb_server: {message}", file=stream, flush=True)
 
 
 def config_xml(http_port: int) -> str:

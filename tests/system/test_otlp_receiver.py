@@ -62,6 +62,18 @@ async def wait_written(http: str, at_least: int, timeout_s: float = 30) -> dict[
     return current
 
 
+async def restart_clickhouse(launcher: Launcher) -> None:
+    """Start ClickHouse again on the same data. chdb's embedded engine has been seen (once, on
+    a loaded CI machine) to cancel its own keep-alive query right after a quick restart on the
+    same data folder, which ends the process; that is chdb's behaviour, not the receiver's, so
+    such a start is retried once and the outage test still tests the receiver."""
+    await launcher.restart_component("clickhouse")
+    await asyncio.sleep(1.0)
+    if launcher.running["clickhouse"].process.poll() is not None:
+        await launcher.stop_component("clickhouse")
+        await launcher.restart_component("clickhouse")
+
+
 async def test_malformed_payloads_get_clear_errors_and_good_spans_still_land(receiver: Launcher) -> None:
     otlp = endpoints(receiver, "otlp")
     async with grpc.aio.insecure_channel(otlp["grpc"]) as channel:
@@ -109,7 +121,7 @@ async def test_spans_sent_while_clickhouse_is_down_are_written_when_it_is_back(r
     assert during["buffered"] == 1000, "spans wait in the buffer while ClickHouse is down"
     assert during["written"] == 0
 
-    await receiver.restart_component("clickhouse")
+    await restart_clickhouse(receiver)
     after = await wait_written(otlp["http"], at_least=1000)
     assert after["written"] == after["accepted"] == 1000
     assert after["dropped"] == 0
