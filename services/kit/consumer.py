@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from google.protobuf.message import DecodeError
 from opentelemetry import trace
@@ -71,6 +72,25 @@ class PostgresIdempotency:
                 await work()
             finally:
                 current_session.reset(token)
+        return True
+
+
+class RedisIdempotency:
+    """For services whose state is not in PostgreSQL (an index, ClickHouse): the event id is
+    remembered in Redis after the work is done. A crash between the work and the mark runs
+    the work again, so the work itself must be idempotent (an upsert of the same version);
+    the mark keeps the common redelivery from doing it twice."""
+
+    def __init__(self, redis: aioredis.Redis, retention_s: int = 7 * 24 * 3600) -> None:
+        self.redis = redis
+        self.retention_s = retention_s
+
+    async def run_once(self, consumer_group: str, event_id: str, work: Callable[[], Awaitable[None]]) -> bool:
+        key = f"processed:{consumer_group}:{event_id}"
+        if await self.redis.exists(key):
+            return False
+        await work()
+        await self.redis.set(key, "1", ex=self.retention_s)
         return True
 
 
