@@ -18,8 +18,10 @@ from pathlib import Path
 import yaml
 
 from services.kit.settings import JWT_AUDIENCE, JWT_ISSUER
+from simulations.components.service import port_setting
 from simulations.envoy_config import EnvoySettings, JwtSettings, Upstream, build_config
 from simulations.platform import INTERNAL_METHODS, POSTGRES_DATABASES, PUBLIC_PATHS, PUBLIC_PREFIXES, SERVICES
+from simulations.topology import port_override_env
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -50,6 +52,15 @@ STORES_IN_COMPOSE = {
 }
 SERVICE_IMAGE = "knowledge-platform-services:local"
 
+# What a service needs beyond the common settings under Compose: the vector service uses the
+# Qdrant server there instead of its embedded engine.
+COMPOSE_EXTRAS: dict[str, dict[str, dict[str, object]]] = {
+    "vector": {
+        "environment": {"KP_QDRANT_URL": "http://qdrant:6333"},
+        "depends_on": {"qdrant": {"condition": "service_healthy"}},
+    },
+}
+
 ENVOY_CONTAINER_PORT = 8080
 ENVOY_ADMIN_CONTAINER_PORT = 9901
 DESCRIPTOR_IN_CONTAINER = "/etc/envoy/platform.pb"
@@ -62,7 +73,14 @@ def envoy_settings() -> EnvoySettings:
         admin_port=ENVOY_ADMIN_CONTAINER_PORT,
         descriptor_path=DESCRIPTOR_IN_CONTAINER,
         upstreams=[
-            Upstream(service.name, service.name, service.default_ports["grpc"], service.grpc_services)
+            Upstream(
+                service.name,
+                service.name,
+                service.default_ports["grpc"],
+                service.grpc_services,
+                websocket_port=service.default_ports.get("ws"),
+                websocket_path=service.websocket_path,
+            )
             for service in SERVICES
         ],
         jwt=JwtSettings(
@@ -90,12 +108,17 @@ def services_compose() -> dict[str, object]:
             "command": ["python", "-m", f"services.{service.name}"],
             "environment": {
                 "KP_SERVICE_NAME": service.name,
+                # Every listener of the service (gRPC, and WebSocket where there is one).
                 "KP_GRPC_HOST": "0.0.0.0",
-                "KP_GRPC_PORT": str(port),
+                **{port_setting(role): str(number) for role, number in service.default_ports.items()},
                 **STORES_IN_COMPOSE,
                 **peers,
+                **COMPOSE_EXTRAS.get(service.name, {}).get("environment", {}),
             },
-            "ports": [f"127.0.0.1:${{KP_{service.name.upper()}_GRPC_PORT:-{port}}}:{port}"],
+            "ports": [
+                f"127.0.0.1:${{{port_override_env(service.name, role)}:-{number}}}:{number}"
+                for role, number in service.default_ports.items()
+            ],
             "healthcheck": {
                 "test": ["CMD", "python", "-m", "services.kit.healthcheck", f"127.0.0.1:{port}"],
                 "interval": "2s",
@@ -103,9 +126,12 @@ def services_compose() -> dict[str, object]:
                 "retries": 30,
             },
             "depends_on": {
-                COMPOSE_SERVICE_OF[dependency]: {"condition": "service_healthy"}
-                for dependency in service.depends_on
-                if COMPOSE_SERVICE_OF[dependency] != "otel-collector"
+                **{
+                    COMPOSE_SERVICE_OF[dependency]: {"condition": "service_healthy"}
+                    for dependency in service.depends_on
+                    if COMPOSE_SERVICE_OF[dependency] != "otel-collector"
+                },
+                **COMPOSE_EXTRAS.get(service.name, {}).get("depends_on", {}),
             },
         }
     return {"services": services}

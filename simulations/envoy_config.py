@@ -8,6 +8,9 @@ with Envoy's OpenTelemetry tracer into the OTLP receiver.
 Routing:
 - the default virtual host routes by gRPC service (`/auth.v1.AuthService/...`); transcoded JSON
   requests are re-routed on their gRPC path after the transcoder rewrites it;
+- an upstream with a WebSocket endpoint (chat's `/v1/chat/ws`) has its path routed, upgraded, to
+  a plain HTTP/1.1 cluster of its WebSocket port; browsers cannot set headers on a WebSocket,
+  so the JWT is also accepted from the `access_token` query parameter;
 - each upstream also has a virtual host of its own, `<name>.platform.local`, that routes its
   health checks, so `grpc.health.v1.Health/Check` reaches the upstream you name in the
   authority (gRPC) or Host header (gRPC-Web, JSON);
@@ -26,17 +29,29 @@ from typing import Any
 UPSTREAM_DOMAIN = "platform.local"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 JWT_PROVIDER = "platform"
+# Where browsers put the token when they cannot set a header (WebSockets).
+TOKEN_QUERY_PARAMETER = "access_token"
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
 @dataclass(frozen=True)
 class Upstream:
-    """A gRPC server behind Envoy."""
+    """A gRPC server behind Envoy, and its WebSocket endpoint if it has one."""
 
     name: str
     host: str
     port: int
     grpc_services: Sequence[str]  # fully qualified, e.g. "auth.v1.AuthService"
+    websocket_port: int | None = None  # on the same host
+    websocket_path: str = ""  # e.g. "/v1/chat/ws"; required with websocket_port
+
+    def __post_init__(self) -> None:
+        if self.websocket_port is not None and not self.websocket_path.startswith("/"):
+            raise ValueError(f"upstream {self.name}: a WebSocket port needs a websocket_path starting with '/'")
+
+    @property
+    def websocket_cluster(self) -> str:
+        return f"{self.name}_websocket"
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,11 @@ class EnvoySettings:
 
 def build_config(settings: EnvoySettings) -> dict[str, Any]:
     clusters = [grpc_cluster(u.name, u.host, u.port) for u in settings.upstreams]
+    clusters += [
+        http_cluster(u.websocket_cluster, u.host, u.websocket_port)
+        for u in settings.upstreams
+        if u.websocket_port is not None
+    ]
     clusters.append(grpc_cluster("otlp_collector", settings.otlp_host, settings.otlp_port))
     clusters.append(http_cluster("envoy_self", "127.0.0.1", settings.listen_port))
     return {
@@ -145,10 +165,19 @@ def connection_manager(settings: EnvoySettings) -> dict[str, Any]:
 
 def route_config(settings: EnvoySettings) -> dict[str, Any]:
     internal = [internal_route(method) for method in settings.internal_methods]
-    by_service = internal + [
-        grpc_route(prefix=f"/{service}/", cluster=upstream.name)
+    websockets = [
+        websocket_route(upstream.websocket_path, upstream.websocket_cluster)
         for upstream in settings.upstreams
-        for service in upstream.grpc_services
+        if upstream.websocket_port is not None
+    ]
+    by_service = [
+        *internal,
+        *websockets,
+        *(
+            grpc_route(prefix=f"/{service}/", cluster=upstream.name)
+            for upstream in settings.upstreams
+            for service in upstream.grpc_services
+        ),
     ]
     per_upstream_hosts = [
         {
@@ -179,6 +208,20 @@ def grpc_route(prefix: str, cluster: str) -> dict[str, Any]:
             # unary calls are bounded by the caller's grpc-timeout.
             "timeout": "0s",
             "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+        },
+    }
+
+
+def websocket_route(path: str, cluster: str) -> dict[str, Any]:
+    """A WebSocket endpoint: the upgrade is passed through, and the socket lives as long as
+    its client keeps it (no response timeout)."""
+    return {
+        "match": {"prefix": path},
+        "decorator": {"operation": f"{cluster} {path}"},
+        "route": {
+            "cluster": cluster,
+            "timeout": "0s",
+            "upgrade_configs": [{"upgrade_type": "websocket"}],
         },
     }
 
@@ -240,6 +283,8 @@ def jwt_filter(jwt: JwtSettings) -> dict[str, Any]:
                         "retry_policy": {"num_retries": 3},
                     },
                     "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+                    # Browsers cannot set headers on a WebSocket: they pass the token in the URL.
+                    "from_params": [TOKEN_QUERY_PARAMETER],
                     "forward": True,
                     "clock_skew_seconds": 30,
                 }

@@ -16,7 +16,13 @@ from simulations.components.kafka import Kafka
 from simulations.components.otlp import OtlpReceiver
 from simulations.components.postgres import PostgreSQL
 from simulations.components.redis import Redis
-from simulations.components.service import AuthService, KnowledgeService, ServiceComponent
+from simulations.components.service import (
+    AuthService,
+    ChatService,
+    KnowledgeService,
+    ServiceComponent,
+    VectorService,
+)
 from simulations.components.smtp import SmtpSink
 from simulations.topology import Topology
 
@@ -51,7 +57,7 @@ INTERNAL_METHODS = (
 )
 
 # The platform's services, as they are built.
-SERVICES: tuple[type[ServiceComponent], ...] = (AuthService, KnowledgeService)
+SERVICES: tuple[type[ServiceComponent], ...] = (AuthService, KnowledgeService, VectorService, ChatService)
 
 
 class Gateway(Envoy):

@@ -32,12 +32,23 @@ def split_list(value: str) -> list[str]:
 
 def upstreams_from(endpoints_of: dict[str, dict[str, str]]) -> list[Upstream]:
     """Every component that announces a gRPC endpoint becomes an upstream; those that also
-    announce `grpc_services` (services of our contracts) get routes by service name."""
+    announce `grpc_services` (services of our contracts) get routes by service name, and those
+    that announce a `ws` endpoint (with its `ws_path`) get their WebSocket path routed."""
     upstreams = []
     for name, endpoints in sorted(endpoints_of.items()):
         if "grpc" in endpoints:
             host, port = endpoints["grpc"].rsplit(":", 1)
-            upstreams.append(Upstream(name, host, int(port), split_list(endpoints.get("grpc_services", ""))))
+            websocket_port = int(endpoints["ws"].rsplit(":", 1)[1]) if "ws" in endpoints else None
+            upstreams.append(
+                Upstream(
+                    name,
+                    host,
+                    int(port),
+                    split_list(endpoints.get("grpc_services", "")),
+                    websocket_port=websocket_port,
+                    websocket_path=endpoints.get("ws_path", ""),
+                )
+            )
     return upstreams
 
 

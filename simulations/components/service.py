@@ -33,10 +33,13 @@ STORE_SETTINGS = {
 
 
 class ServiceComponent(Component):
-    """Subclasses set name, default_ports ({"grpc": port}), depends_on and grpc_services."""
+    """Subclasses set name, default_ports ({"grpc": port}, plus {"ws": port} for a service with
+    a WebSocket endpoint, then also websocket_path), depends_on and grpc_services."""
 
     version = "1.0.0"
     grpc_services: ClassVar[tuple[str, ...]] = ()
+    # The path of the service's WebSocket endpoint (Envoy routes it to the "ws" port).
+    websocket_path: ClassVar[str] = ""
     start_timeout_s = 60.0
 
     def __init_subclass__(cls, **kwargs: object) -> None:
@@ -47,12 +50,15 @@ class ServiceComponent(Component):
         return Launch(argv=[sys.executable, "-m", f"services.{self.name}"], env=self.environment())
 
     def environment(self) -> dict[str, str]:
-        env = {"KP_SERVICE_NAME": self.name, "KP_GRPC_PORT": str(self.ctx.port("grpc"))}
+        env = {"KP_SERVICE_NAME": self.name}
+        # Every port the service listens on: role "grpc" → KP_GRPC_PORT, "ws" → KP_WS_PORT, ...
+        env.update({port_setting(role): str(port) for role, port in self.ctx.ports.items()})
         for (component, endpoint), variable in STORE_SETTINGS.items():
             value = self.ctx.endpoints_of.get(component, {}).get(endpoint)
             if value:
                 env[variable] = value
         env.update(peer_targets(SERVICES))
+        env["KP_DATA_DIR"] = str(self.ctx.data_dir)  # the service's own folder in the run directory
         return env
 
     async def probe(self) -> None:
@@ -66,7 +72,15 @@ class ServiceComponent(Component):
             raise NotReady(f"health is {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
 
     def endpoints(self) -> dict[str, str]:
-        return {"grpc": f"127.0.0.1:{self.ctx.port('grpc')}", "grpc_services": ",".join(self.grpc_services)}
+        endpoints = {"grpc": f"127.0.0.1:{self.ctx.port('grpc')}", "grpc_services": ",".join(self.grpc_services)}
+        if "ws" in self.ctx.ports:
+            endpoints |= {"ws": f"127.0.0.1:{self.ctx.port('ws')}", "ws_path": self.websocket_path}
+        return endpoints
+
+
+def port_setting(role: str) -> str:
+    """The service setting that carries the port of a role: "grpc" → KP_GRPC_PORT."""
+    return f"KP_{role.upper()}_PORT"
 
 
 def peer_targets(services: Mapping[str, type[ServiceComponent]]) -> dict[str, str]:
@@ -88,3 +102,22 @@ class KnowledgeService(ServiceComponent):
     default_ports = {"grpc": 50052}
     depends_on = ("postgres", "kafka", "otlp", "auth")
     grpc_services = ("knowledge.v1.KnowledgeService",)
+
+
+class VectorService(ServiceComponent):
+    name = "vector"
+    default_ports = {"grpc": 50053}
+    depends_on = ("redis", "kafka", "otlp", "auth", "knowledge")
+    grpc_services = ("vector.v1.VectorService",)
+    start_timeout_s = 120.0  # loads the embedding model
+
+
+class ChatService(ServiceComponent):
+    """Its peers' addresses (KP_KNOWLEDGE_GRPC_TARGET, KP_VECTOR_GRPC_TARGET) come from
+    `peer_targets`, like every service's."""
+
+    name = "chat"
+    default_ports = {"grpc": 50054, "ws": 50064}
+    depends_on = ("postgres", "kafka", "otlp", "auth", "knowledge", "vector")
+    grpc_services = ("chat.v1.ChatService",)
+    websocket_path = "/v1/chat/ws"

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from simulations.components.envoy import DESCRIPTOR_SET, envoy_binary
+from simulations.components.base import ComponentContext
+from simulations.components.envoy import DESCRIPTOR_SET, envoy_binary, upstreams_from
+from simulations.components.service import ChatService
 from simulations.envoy_config import (
     HEALTH_SERVICE,
     JWT_PROVIDER,
@@ -202,3 +204,97 @@ def test_real_envoy_rejects_a_service_missing_from_the_descriptor(tmp_path: Path
     result = envoy_validate(config, tmp_path)
     assert result.returncode != 0
     assert "ghost.v1.GhostService" in result.stdout + result.stderr
+
+
+# ------------------------------------------------------------- WebSocket endpoints
+
+CHAT_WITH_WEBSOCKET = Upstream(
+    "chat", "127.0.0.1", 25002, ["chat.v1.ChatService"], websocket_port=25012, websocket_path="/v1/chat/ws"
+)
+
+
+def with_websocket() -> EnvoySettings:
+    return settings(Upstream("auth", "127.0.0.1", 25001, ["auth.v1.AuthService"]), CHAT_WITH_WEBSOCKET)
+
+
+def test_a_websocket_endpoint_gets_a_plain_http1_cluster() -> None:
+    clusters = {c["name"]: c for c in build_config(with_websocket())["static_resources"]["clusters"]}
+    websocket = clusters["chat_websocket"]
+    assert "typed_extension_protocol_options" not in websocket  # upgrades are HTTP/1.1, not HTTP/2
+    endpoint = websocket["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint == {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 25012}}}
+    assert "typed_extension_protocol_options" in clusters["chat"]  # gRPC stays on HTTP/2
+    assert "auth_websocket" not in clusters
+
+
+def test_the_websocket_path_is_upgraded_without_a_timeout_before_the_grpc_routes() -> None:
+    default = virtual_hosts(build_config(with_websocket()))["platform"]
+    internal, websocket, *grpc_routes = default["routes"]
+    assert internal["match"] == {"path": "/chat.v1.ChatService/ListMessages"}
+    assert websocket["match"] == {"prefix": "/v1/chat/ws"}
+    assert websocket["route"] == {
+        "cluster": "chat_websocket",
+        "timeout": "0s",
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
+    }
+    assert [r["route"]["cluster"] for r in grpc_routes] == ["auth", "chat"]
+
+
+def test_the_jwt_may_come_from_the_access_token_query_parameter() -> None:
+    jwt = http_filter(build_config(with_websocket()), "envoy.filters.http.jwt_authn")
+    provider = jwt["providers"][JWT_PROVIDER]
+    assert provider["from_params"] == ["access_token"]
+    assert provider["from_headers"] == [{"name": "authorization", "value_prefix": "Bearer "}]
+    # The WebSocket path is not public: the token is checked at the edge before the upgrade.
+    assert jwt["rules"][-1] == {"match": {"prefix": "/"}, "requires": {"provider_name": JWT_PROVIDER}}
+
+
+def test_a_websocket_port_needs_a_path() -> None:
+    with pytest.raises(ValueError, match="websocket_path"):
+        Upstream("chat", "127.0.0.1", 25002, ["chat.v1.ChatService"], websocket_port=25012)
+
+
+def test_upstreams_read_a_published_websocket_endpoint() -> None:
+    upstreams = upstreams_from(
+        {
+            "auth": {"grpc": "127.0.0.1:50051", "grpc_services": "auth.v1.AuthService"},
+            "chat": {
+                "grpc": "127.0.0.1:50054",
+                "grpc_services": "chat.v1.ChatService",
+                "ws": "127.0.0.1:50064",
+                "ws_path": "/v1/chat/ws",
+            },
+        }
+    )
+    assert upstreams == [
+        Upstream("auth", "127.0.0.1", 50051, ["auth.v1.AuthService"]),
+        Upstream("chat", "127.0.0.1", 50054, ["chat.v1.ChatService"], 50064, "/v1/chat/ws"),
+    ]
+
+
+def test_the_chat_component_publishes_its_websocket_and_passes_every_port(tmp_path: Path) -> None:
+    context = ComponentContext(
+        name="chat",
+        data_dir=tmp_path,
+        cache_dir=tmp_path,
+        ports={"grpc": 50154, "ws": 50164},
+        endpoints_of={"postgres": {"dsn": "postgresql://postgres@127.0.0.1:15532"}},
+    )
+    chat = ChatService(context)
+    assert chat.endpoints() == {
+        "grpc": "127.0.0.1:50154",
+        "grpc_services": "chat.v1.ChatService",
+        "ws": "127.0.0.1:50164",
+        "ws_path": "/v1/chat/ws",
+    }
+    env = chat.environment()
+    assert (env["KP_GRPC_PORT"], env["KP_WS_PORT"]) == ("50154", "50164")
+    assert env["KP_POSTGRES_DSN"] == "postgresql://postgres@127.0.0.1:15532"
+    assert env["KP_KNOWLEDGE_GRPC_TARGET"].startswith("127.0.0.1:")
+    assert [u.websocket_path for u in upstreams_from({"chat": chat.endpoints()})] == ["/v1/chat/ws"]
+
+
+@pytest.mark.usefixtures("has_envoy")
+def test_real_envoy_accepts_a_websocket_route(tmp_path: Path) -> None:
+    result = envoy_validate(build_config(with_websocket()), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,92 @@
+"""Wiring of the chat service: settings, store, peers, composer, use cases, the gRPC server,
+the WebSocket endpoint and the outbox relay."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from websockets.asyncio.server import Server
+
+from services.api.chat.v1 import chat_pb2_grpc
+from services.chat import VERSION
+from services.chat.composer import ExtractiveComposer
+from services.chat.peers import KnowledgeAccess, VectorSearch
+from services.chat.repository import ChatRepository
+from services.chat.server import PUBLIC_METHODS, SERVICE_NAME, ChatServer
+from services.chat.service import ChatService
+from services.chat.websocket import WS_PATH, ChatWebSocketEndpoint, open_server
+from services.kit import app
+from services.kit.clients import service_channel
+from services.kit.db import create_engine, session_factory
+from services.kit.kafka import EventProducer, new_producer
+from services.kit.migrations import upgrade_to_head
+from services.kit.outbox import OutboxRelay
+from services.kit.server import ServiceSpec
+from services.kit.settings import ServiceSettings
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+log = logging.getLogger("services.chat")
+
+
+class ChatSettings(ServiceSettings):
+    service_name: str = "chat"
+    grpc_port: int = 50054
+    # The WebSocket endpoint (/v1/chat/ws) listens on grpc_host at this port.
+    ws_port: int = 50064
+    vector_grpc_target: str = "127.0.0.1:50053"
+
+
+async def build(settings: ChatSettings, resources: AsyncExitStack) -> app.Application:
+    dsn = settings.database_dsn("chat")
+    await upgrade_to_head(MIGRATIONS, dsn)
+    engine = create_engine(dsn)
+    resources.push_async_callback(engine.dispose)
+    sessions = session_factory(engine)
+    kafka = new_producer(settings.kafka_bootstrap, client_id="chat")
+    await kafka.start()
+    resources.push_async_callback(kafka.stop)
+    relay = OutboxRelay(sessions, EventProducer(kafka))
+
+    # Peers are called as the caller: these channels forward the caller's token and deadline.
+    knowledge = service_channel(settings.knowledge_grpc_target)
+    resources.push_async_callback(knowledge.close)
+    vector = service_channel(settings.vector_grpc_target)
+    resources.push_async_callback(vector.close)
+    service = ChatService(
+        sessions=sessions,
+        repository=ChatRepository(),
+        access=KnowledgeAccess(knowledge),
+        search=VectorSearch(vector),
+        composer=ExtractiveComposer(),
+        on_commit=relay.wake,
+    )
+
+    # One verifier (and one JWKS cache) for both ways in.
+    verifier = app.platform_verifier(settings)
+    websocket = await open_server(ChatWebSocketEndpoint(service, verifier), settings.grpc_host, settings.ws_port)
+    resources.push_async_callback(close_websocket, websocket)
+    # The library logs every connection at INFO; the endpoint's own spans already record them.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    log.info("chat WebSocket endpoint at ws://%s:%d%s", settings.grpc_host, settings.ws_port, WS_PATH)
+    spec = ServiceSpec(
+        name="chat",
+        version=VERSION,
+        grpc_services=[SERVICE_NAME],
+        register=lambda server: chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServer(service), server),
+        public_methods=PUBLIC_METHODS,
+    )
+    # The WebSocket server accepts sockets while its loop runs; cancelling the loop (shutdown)
+    # closes every socket (1001, going away) and waits for their handlers.
+    return app.Application(spec=spec, verifier=verifier, background=[relay.run, websocket.serve_forever])
+
+
+async def close_websocket(server: Server) -> None:
+    """Close the WebSocket server even if its loop never ran (a start-up that failed later)."""
+    server.close()
+    await server.wait_closed()
+
+
+def main() -> None:
+    app.main(build, ChatSettings, VERSION)

@@ -1,0 +1,393 @@
+"""The chat domain: conversations, messages, citations, the answer being streamed, and list pages.
+
+Pure rules, no I/O: what valid input is (ids, titles, space scopes, questions, page sizes and
+tokens), what a conversation that is not the caller's looks like (missing: NOT_FOUND), which
+spaces a question may search, how messages are ordered in time, and the limits every streamed
+answer keeps whatever wrote it (fragment sizes, total length, citation count).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import IntEnum, StrEnum
+from typing import Generic, TypeAlias, TypeVar
+
+from services.kit.errors import InvalidArgument, NotFound
+
+TITLE_LENGTH = (1, 200)
+SPACE_IDS_MAX = 100
+QUESTION_LENGTH = (1, 2000)
+ANSWER_MAX = 20_000
+DELTA_MAX = 2000
+CITATIONS_MAX = 20
+SNIPPET_MAX = 1000
+PAGE_SIZE_MAX = 100
+PAGE_SIZE_DEFAULT = 20
+
+NOTHING_FOUND_TEXT = (
+    "I found nothing about that in your spaces. Try other words, or add the documents that cover it to a space "
+    "this conversation searches."
+)
+
+CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+UUID_EXAMPLE = "123e4567-e89b-12d3-a456-426614174000"
+
+
+# ------------------------------------------------------------------ input
+
+
+def parse_id(raw: str, field: str) -> str:
+    """A UUID in the canonical 36-character hyphenated form, returned in lower case."""
+    text = raw.strip().lower()
+    if not text:
+        raise InvalidArgument(field, f"is required: a UUID like {UUID_EXAMPLE}")
+    if not CANONICAL_UUID.match(text):
+        shown = raw if len(raw) <= 40 else raw[:40] + "…"
+        raise InvalidArgument(field, f"must be a UUID in the 36-character form like {UUID_EXAMPLE}, got {shown!r}")
+    return text
+
+
+def _trimmed_text(raw: str, field: str, low: int, high: int) -> str:
+    text = raw.strip()
+    # PostgreSQL text columns cannot hold U+0000; refusing it here keeps it an input error.
+    if "\x00" in text:
+        raise InvalidArgument(field, "must not contain the NUL character (U+0000)")
+    if not low <= len(text) <= high:
+        if not text:
+            raise InvalidArgument(field, f"is required: {low}–{high} characters after trimming")
+        raise InvalidArgument(field, f"must be {low}–{high} characters after trimming, got {len(text)}")
+    return text
+
+
+def normalize_title(raw: str) -> str:
+    return _trimmed_text(raw, "title", *TITLE_LENGTH)
+
+
+def normalize_question(raw: str) -> str:
+    return _trimmed_text(raw, "question", *QUESTION_LENGTH)
+
+
+def normalize_space_ids(raw: Sequence[str]) -> tuple[str, ...]:
+    """0–100 distinct space UUIDs, in the order given."""
+    if len(raw) > SPACE_IDS_MAX:
+        raise InvalidArgument("space_ids", f"must hold at most {SPACE_IDS_MAX} space ids, got {len(raw)}")
+    space_ids: list[str] = []
+    for index, value in enumerate(raw):
+        space_id = parse_id(value, f"space_ids[{index}]")
+        if space_id in space_ids:
+            raise InvalidArgument(f"space_ids[{index}]", f"repeats the space {space_id}; space ids must be distinct")
+        space_ids.append(space_id)
+    return tuple(space_ids)
+
+
+# ------------------------------------------------------------ conversations
+
+
+class AnswerKind(IntEnum):
+    """How an assistant message was produced; the numbers of chat.v1.AnswerKind and
+    events.v1.AnswerKind, so converting is a cast. User messages have none (None, stored as 0)."""
+
+    EXTRACTIVE = 1
+    NOTHING_FOUND = 2
+    GENERATIVE = 3
+
+
+class MessageRole(IntEnum):
+    """Who wrote a message; the numbers of chat.v1.MessageRole."""
+
+    USER = 1
+    ASSISTANT = 2
+
+
+@dataclass(frozen=True)
+class Conversation:
+    conversation_id: str
+    owner_id: str
+    title: str
+    space_ids: tuple[str, ...]  # empty: every space the owner can read when asking
+    created_at: datetime
+    updated_at: datetime  # when the last message was added; created_at while there is none
+
+
+def new_conversation(owner_id: str, title: str, space_ids: tuple[str, ...], now: datetime) -> Conversation:
+    """An empty conversation; `title` and `space_ids` are already normalized."""
+    return Conversation(str(uuid.uuid4()), owner_id, title, space_ids, now, now)
+
+
+def no_such_conversation(conversation_id: str) -> NotFound:
+    return NotFound(f"conversation {conversation_id} does not exist; list your conversations to find its id")
+
+
+def spaces_to_search(scope: Sequence[str], readable: Collection[str]) -> list[str]:
+    """The spaces a question searches: the conversation's scope less the spaces the asker can no
+    longer read (skipped silently), or every readable space when the scope is empty."""
+    if not scope:
+        return sorted(readable)
+    return [space_id for space_id in scope if space_id in readable]
+
+
+# ------------------------------------------------------------ messages
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A chunk an answer relies on; its number is its position in the answer's citations + 1."""
+
+    document_id: str
+    space_id: str
+    chunk_index: int
+    document_version: int
+    snippet: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Message:
+    message_id: str
+    conversation_id: str
+    role: MessageRole
+    text: str
+    citations: tuple[Citation, ...]
+    created_at: datetime
+    answer_kind: AnswerKind | None  # None for questions
+
+
+def new_question(conversation_id: str, text: str, at: datetime) -> Message:
+    return Message(str(uuid.uuid4()), conversation_id, MessageRole.USER, text, (), at, None)
+
+
+def new_answer(
+    conversation_id: str, text: str, citations: Sequence[Citation], kind: AnswerKind, at: datetime
+) -> Message:
+    return Message(str(uuid.uuid4()), conversation_id, MessageRole.ASSISTANT, text, tuple(citations), at, kind)
+
+
+def message_time(now: datetime, last_activity: datetime) -> datetime:
+    """A new message's time: after the conversation's last activity even if the clock stepped
+    back, so messages sort in the order they were added (a question before its answer)."""
+    if now <= last_activity:
+        return last_activity + timedelta(microseconds=1)
+    return now
+
+
+def cited_document_ids(citations: Sequence[Citation]) -> list[str]:
+    """Distinct cited documents in first-citation order (chat.question.asked)."""
+    return list(dict.fromkeys(citation.document_id for citation in citations))
+
+
+# -------------------------------------------------------------- answers
+
+
+@dataclass(frozen=True)
+class RetrievedChunk:
+    """A chunk the vector service found for a question, from a space the asker can read."""
+
+    document_id: str
+    space_id: str
+    document_version: int
+    chunk_index: int
+    text: str  # the chunk's text or its start (the vector service's snippet)
+    score: float  # cosine similarity with the question, -1.0 to 1.0
+
+
+@dataclass(frozen=True)
+class AnswerDelta:
+    """The next fragment of the answer text: 1–2000 characters, not trimmed."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class AnswerComplete:
+    """The end of an answer, sent once it is stored."""
+
+    message_id: str
+    question_message_id: str
+    answer_kind: AnswerKind
+    text: str
+
+
+# What an Ask stream carries, in order: deltas and citations in any interleaving, then one
+# completion. Both adapters (gRPC and WebSocket) translate these, nothing else.
+AskUpdate: TypeAlias = AnswerDelta | Citation | AnswerComplete
+# What an answer composer writes: text fragments and the citations the text refers to.
+AnswerPart: TypeAlias = AnswerDelta | Citation
+
+
+class InvalidAnswer(Exception):
+    """A composer wrote an answer outside the contract's limits: a bug in the composer, so the
+    caller sees INTERNAL (this is not a DomainError)."""
+
+
+def without_nul(text: str) -> str:
+    # Document content may hold U+0000 (the knowledge service keeps it); PostgreSQL text may not.
+    return text.replace("\x00", "")
+
+
+def split_delta(text: str) -> list[str]:
+    """Fragments of at most DELTA_MAX characters that concatenate to `text`."""
+    return [text[start : start + DELTA_MAX] for start in range(0, len(text), DELTA_MAX)]
+
+
+class AnswerDraft:
+    """The answer as it is streamed: every fragment and citation passes through here, so what
+    the caller receives and what is stored are the same text within the same limits."""
+
+    def __init__(self) -> None:
+        self._fragments: list[str] = []
+        self._length = 0
+        self._citations: list[Citation] = []
+
+    @property
+    def text(self) -> str:
+        return "".join(self._fragments)
+
+    @property
+    def citations(self) -> tuple[Citation, ...]:
+        return tuple(self._citations)
+
+    @property
+    def is_empty(self) -> bool:
+        return self._length == 0 and not self._citations
+
+    def add_text(self, text: str) -> list[AnswerDelta]:
+        """The deltas to send for this text (none for an empty one)."""
+        text = without_nul(text)
+        if self._length + len(text) > ANSWER_MAX:
+            raise InvalidAnswer(f"the answer would exceed {ANSWER_MAX} characters")
+        self._fragments.append(text)
+        self._length += len(text)
+        return [AnswerDelta(piece) for piece in split_delta(text)]
+
+    def add_citation(self, citation: Citation) -> Citation:
+        """The citation as sent and stored: its snippet cut to 1000 characters, its score
+        kept within the cosine range."""
+        if len(self._citations) >= CITATIONS_MAX:
+            raise InvalidAnswer(f"an answer may cite at most {CITATIONS_MAX} chunks")
+        snippet = without_nul(citation.snippet).strip()[:SNIPPET_MAX]
+        if not snippet:
+            raise InvalidAnswer(f"citation of document {citation.document_id} has an empty snippet")
+        if citation.chunk_index < 0 or citation.document_version < 1:
+            raise InvalidAnswer(f"citation of document {citation.document_id} has an invalid chunk or version")
+        kept = Citation(
+            document_id=citation.document_id,
+            space_id=citation.space_id,
+            chunk_index=citation.chunk_index,
+            document_version=citation.document_version,
+            snippet=snippet,
+            score=min(1.0, max(-1.0, citation.score)),
+        )
+        self._citations.append(kept)
+        return kept
+
+
+# ------------------------------------------------------------------ pages
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_MICROSECOND = timedelta(microseconds=1)
+# Times a token may carry: datetime's own range, so decoding cannot overflow.
+RANK_OF_TIME = (
+    (datetime(1, 1, 1, tzinfo=UTC) - EPOCH) // ONE_MICROSECOND,
+    (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - EPOCH) // ONE_MICROSECOND,
+)
+PAGE_TOKEN_MAX = 512
+T = TypeVar("T")
+
+
+class Listing(StrEnum):
+    """The paginated RPCs; a page token names the one it came from."""
+
+    CONVERSATIONS = "ListConversations"  # newest activity first
+    MESSAGES = "ListMessages"  # oldest first
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The sort key of the last item of a page; the next page starts after it in the listing's
+    order. `rank` is a time in microseconds since the epoch, `key` the tie-breaking id."""
+
+    rank: int
+    key: str
+
+    @classmethod
+    def at(cls, moment: datetime, key: str) -> Cursor:
+        return cls((moment - EPOCH) // ONE_MICROSECOND, key)
+
+    @property
+    def moment(self) -> datetime:
+        return EPOCH + timedelta(microseconds=self.rank)
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    size: int
+    after: Cursor | None  # None: the first page
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_page_token: str  # empty on the last page
+
+
+def page_request(page_size: int, page_token: str, listing: Listing, scope: Sequence[str]) -> PageRequest:
+    """Validate a page request. `scope` are the request parameters the token is bound to (the
+    caller for ListConversations, the conversation for ListMessages); page_size may change
+    between pages."""
+    if not 0 <= page_size <= PAGE_SIZE_MAX:
+        raise InvalidArgument(
+            "page_size", f"must be 1–{PAGE_SIZE_MAX} (0 means the default of {PAGE_SIZE_DEFAULT}), got {page_size}"
+        )
+    token = page_token.strip()
+    return PageRequest(page_size or PAGE_SIZE_DEFAULT, decode_page_token(token, listing, scope) if token else None)
+
+
+def encode_page_token(listing: Listing, scope: Sequence[str], cursor: Cursor) -> str:
+    body = {"l": listing.value, "q": _scope_digest(listing, scope), "r": cursor.rank, "k": cursor.key}
+    return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str, listing: Listing, scope: Sequence[str]) -> Cursor:
+    """The cursor in a token from `encode_page_token` for the same listing and scope."""
+    refusal = InvalidArgument(
+        "page_token",
+        f"is not a page token from {listing.value} for these request parameters; pass the "
+        "next_page_token of the previous page unchanged, or none for the first page",
+    )
+    if len(token) > PAGE_TOKEN_MAX:
+        raise refusal
+    try:
+        body = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (binascii.Error, UnicodeDecodeError, ValueError) as error:
+        raise refusal from error
+    if not isinstance(body, dict) or body.get("l") != listing.value or body.get("q") != _scope_digest(listing, scope):
+        raise refusal
+    rank, key = body.get("r"), body.get("k")
+    # The token is opaque but not sealed: its values are checked before they reach a query.
+    if not isinstance(rank, int) or isinstance(rank, bool) or not isinstance(key, str):
+        raise refusal
+    if not RANK_OF_TIME[0] <= rank <= RANK_OF_TIME[1] or not CANONICAL_UUID.match(key):
+        raise refusal
+    return Cursor(rank, key)
+
+
+def _scope_digest(listing: Listing, scope: Sequence[str]) -> str:
+    return hashlib.sha256("\x1f".join([listing.value, *scope]).encode()).hexdigest()[:16]
+
+
+def page_of(
+    rows: Sequence[T], request: PageRequest, listing: Listing, scope: Sequence[str], cursor_of: Callable[[T], Cursor]
+) -> Page[T]:
+    """A page from up to size + 1 rows read in order: the extra row only says another page exists."""
+    items = list(rows[: request.size])
+    if len(rows) <= request.size:
+        return Page(items, "")
+    return Page(items, encode_page_token(listing, scope, cursor_of(items[-1])))

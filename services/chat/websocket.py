@@ -1,0 +1,429 @@
+"""The chat service's WebSocket endpoint: Ask for browsers, over one two-way socket.
+
+Browsers stream two ways over WebSockets (the seed's choice), so the chat process also serves
+`ws://<host>:<ws_port>/v1/chat/ws` (through Envoy: the same path on the edge listener). It is a
+second adapter of the same use case as gRPC Ask (`ChatService.ask`): one implementation of
+asking, two ways in.
+
+Authentication: the access token goes in the `Authorization: Bearer <token>` header of the
+upgrade request, or, since browsers cannot set headers on WebSockets, in the `access_token`
+query parameter (`/v1/chat/ws?access_token=<token>`). It is verified like any gRPC call's. A
+missing, invalid or expired token closes the socket with code 4401 and a reason; so does an ask
+sent after the token expired (reconnect with a fresh token). If the signing keys cannot be
+fetched the socket closes with 1013 (try again later).
+
+Protocol: every message is one JSON object in a text frame.
+
+Client → server
+    {"type": "ask", "request_id": "r1", "conversation_id": "<uuid>", "question": "...",
+     "traceparent": "00-...-01"}            traceparent (and tracestate) are optional
+    {"type": "cancel", "request_id": "r1"}  ends that ask; unknown or finished ids are ignored
+
+Server → client (each carries the request_id of its ask)
+    {"type": "delta", "request_id": "r1", "text": "..."}
+    {"type": "citation", "request_id": "r1", "number": 1, "document_id": "...", "space_id": "...",
+     "chunk_index": 0, "document_version": 3, "snippet": "...", "score": 0.82}
+    {"type": "complete", "request_id": "r1", "message_id": "...", "question_message_id": "...",
+     "answer_kind": "ANSWER_KIND_EXTRACTIVE", "text": "..."}
+    {"type": "error", "request_id": "r1" | null, "code": "NOT_FOUND", "message": "...",
+     "field": "question"}                   field only for INVALID_ARGUMENT
+
+Deltas and citations come in any interleaving, exactly as in gRPC Ask; every ask ends with
+exactly one `complete` or one `error` (code CANCELLED after a cancel). Codes are gRPC status
+names and mean what they mean for gRPC Ask. A socket may carry several asks at once (up to 8;
+more get RESOURCE_EXHAUSTED), each with a request_id not in use by another ask in progress. A
+message that is not valid JSON, or has an unknown type or malformed fields, gets an
+INVALID_ARGUMENT error (with its request_id when one could be read) and the socket stays open.
+
+Tracing: each message is one SERVER span (the ask's lasts until its last reply), a child of
+the `traceparent` the ask carries, if any; the upgrade is a SERVER span of its own, a child of
+the request's trace headers (Envoy's span when it came through Envoy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Protocol, TypeAlias
+from urllib.parse import parse_qs, urlsplit
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from services.chat.domain import AnswerComplete, AnswerDelta, AskUpdate, Citation
+from services.kit.auth import Principal, TokenVerifier, bearer_token, set_principal
+from services.kit.errors import DomainError, InvalidArgument, RateLimited, Unauthenticated, Unavailable, status_for
+from services.kit.server import SERVER_ERROR_CODES, set_deadline_in
+from services.kit.telemetry import current_trace_id
+
+log = logging.getLogger("services.chat.websocket")
+_tracer = trace.get_tracer("services.chat.websocket")
+
+WS_PATH = "/v1/chat/ws"
+TOKEN_QUERY_PARAMETER = "access_token"
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_REASON_MAX_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
+MAX_ASKS_IN_FLIGHT = 8
+REQUEST_ID_MAX = 100
+# A question is at most 2000 characters: 64 KiB holds any valid ask with room to spare.
+MAX_MESSAGE_BYTES = 64 * 1024
+# Calls made for one ask (knowledge, vector) share this budget, as a gRPC caller's deadline would.
+ASK_DEADLINE_S = 60.0
+CLOSE_TIMEOUT_S = 2.0
+MISSING_WS_TOKEN = (
+    f"this socket needs an access token: send 'Authorization: Bearer <token>' or ?{TOKEN_QUERY_PARAMETER}=<token>"
+)
+
+
+# ------------------------------------------------------------ protocol
+
+
+@dataclass(frozen=True)
+class AskCommand:
+    request_id: str
+    conversation_id: str
+    question: str
+    traceparent: str = ""
+    tracestate: str = ""
+
+    @property
+    def trace_carrier(self) -> dict[str, str]:
+        """The W3C trace context the client sent with the ask (if any)."""
+        return trace_carrier([("traceparent", self.traceparent), ("tracestate", self.tracestate)])
+
+
+@dataclass(frozen=True)
+class CancelCommand:
+    request_id: str
+
+
+Command: TypeAlias = AskCommand | CancelCommand
+Event: TypeAlias = dict[str, Any]
+
+
+class ProtocolError(Exception):
+    """A client message that breaks the protocol; answered INVALID_ARGUMENT, the socket stays."""
+
+    def __init__(self, field: str, problem: str, request_id: str | None = None) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.error = InvalidArgument(field, problem)
+        self.request_id = request_id
+
+
+def parse_command(raw: str | bytes) -> Command:
+    """A client message as a command, or ProtocolError saying what is wrong with it."""
+    if isinstance(raw, bytes):
+        raise ProtocolError("message", "must be a JSON object in a text frame, not a binary frame")
+    try:
+        body = json.loads(raw)
+    except ValueError as error:
+        raise ProtocolError("message", f"is not valid JSON ({error.args[0] if error.args else error})") from error
+    if not isinstance(body, dict):
+        raise ProtocolError("message", "must be a JSON object with a 'type'")
+    request_id = _request_id(body.get("request_id"))
+    kind = body.get("type")
+    if kind == "ask":
+        if request_id is None:
+            raise ProtocolError("request_id", f"is required: 1–{REQUEST_ID_MAX} characters naming this ask")
+        return AskCommand(
+            request_id=request_id,
+            conversation_id=_string(body, "conversation_id", request_id),
+            question=_string(body, "question", request_id),
+            traceparent=_string(body, "traceparent", request_id),
+            tracestate=_string(body, "tracestate", request_id),
+        )
+    if kind == "cancel":
+        if request_id is None:
+            raise ProtocolError("request_id", "is required: the request_id of the ask to cancel")
+        return CancelCommand(request_id)
+    raise ProtocolError("type", f"must be 'ask' or 'cancel', got {kind!r}", request_id)
+
+
+def _request_id(value: object) -> str | None:
+    """A usable request id, or None when absent or unusable (the error then names no ask)."""
+    if isinstance(value, str) and 1 <= len(value) <= REQUEST_ID_MAX:
+        return value
+    return None
+
+
+def _string(body: dict[str, Any], field: str, request_id: str) -> str:
+    """An optional string field ("" when absent); the use case says when a required one is empty."""
+    value = body.get(field, "")
+    if not isinstance(value, str):
+        raise ProtocolError(field, f"must be a string, got {type(value).__name__}", request_id)
+    return value
+
+
+def update_event(request_id: str, update: AskUpdate, citation_number: int = 0) -> Event:
+    """The JSON message of one Ask update; citations carry their number (1, 2, ...)."""
+    if isinstance(update, AnswerDelta):
+        return {"type": "delta", "request_id": request_id, "text": update.text}
+    if isinstance(update, Citation):
+        return {
+            "type": "citation",
+            "request_id": request_id,
+            "number": citation_number,
+            "document_id": update.document_id,
+            "space_id": update.space_id,
+            "chunk_index": update.chunk_index,
+            "document_version": update.document_version,
+            "snippet": update.snippet,
+            "score": update.score,
+        }
+    complete: AnswerComplete = update
+    return {
+        "type": "complete",
+        "request_id": request_id,
+        "message_id": complete.message_id,
+        "question_message_id": complete.question_message_id,
+        "answer_kind": f"ANSWER_KIND_{complete.answer_kind.name}",
+        "text": complete.text,
+    }
+
+
+def error_event(request_id: str | None, error: BaseException, trace_id: str = "") -> Event:
+    """The JSON message of a failure, mapped exactly as for gRPC (services.kit.errors)."""
+    reply = status_for(error, trace_id)
+    event: Event = {"type": "error", "request_id": request_id, "code": reply.code.name, "message": reply.message}
+    if isinstance(error, InvalidArgument):
+        event["field"] = error.field
+    return event
+
+
+def cancelled_event(request_id: str) -> Event:
+    return {"type": "error", "request_id": request_id, "code": "CANCELLED", "message": "the ask was cancelled"}
+
+
+def token_of(request: Request | None) -> str | None:
+    """The access token of an upgrade request: the Authorization header, else the query."""
+    if request is None:
+        return None
+    token = bearer_token(request.headers.raw_items())
+    if token is not None:
+        return token
+    values = parse_qs(urlsplit(request.path).query).get(TOKEN_QUERY_PARAMETER, [])
+    if not values or not values[0].strip():
+        return None
+    return values[0].strip()
+
+
+def close_reason(text: str) -> str:
+    """The text cut to fit a close frame (whole characters only)."""
+    encoded = text.encode()
+    if len(encoded) <= CLOSE_REASON_MAX_BYTES:
+        return text
+    return encoded[: CLOSE_REASON_MAX_BYTES - 3].decode(errors="ignore") + "..."
+
+
+def trace_carrier(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    return {key.lower(): value for key, value in pairs if value and key.lower() in ("traceparent", "tracestate")}
+
+
+# ------------------------------------------------------------ endpoint
+
+
+class Asker(Protocol):
+    """The Ask use case (services.chat.service.ChatService.ask)."""
+
+    def ask(self, caller_id: str, conversation_id: str, question: str) -> AsyncIterator[AskUpdate]: ...
+
+
+class ChatSocket:
+    """One client's socket: who it is, and its asks in progress."""
+
+    def __init__(self, connection: ServerConnection, principal: Principal, asker: Asker, leeway_s: int) -> None:
+        self.connection = connection
+        self.principal = principal
+        self.asker = asker
+        self.leeway_s = leeway_s
+        self.asks: dict[str, asyncio.Task[None]] = {}
+
+    async def serve(self) -> None:
+        """Handle messages until the client or the server closes the socket."""
+        try:
+            async for raw in self.connection:
+                await self.receive(raw)
+        except ConnectionClosed:
+            pass  # a client that goes away is not an error of ours
+        finally:
+            await self.cancel_all()
+
+    async def receive(self, raw: str | bytes) -> None:
+        try:
+            command = parse_command(raw)
+        except ProtocolError as error:
+            with message_span("invalid") as span:
+                record_outcome(span, error.error.code)
+                await self.send(error_event(error.request_id, error.error))
+            return
+        if isinstance(command, CancelCommand):
+            with message_span("cancel", command.request_id) as span:
+                task = self.asks.get(command.request_id)
+                if task is not None:
+                    task.cancel()
+                record_outcome(span, grpc.StatusCode.OK)
+            return
+        if time.time() >= self.principal.expires_at + self.leeway_s:
+            await self.connection.close(CLOSE_UNAUTHENTICATED, "access token expired; reconnect with a fresh token")
+            return
+        refusal = self.refusal_of(command)
+        if refusal is not None:
+            with message_span("ask", command.request_id, command.trace_carrier) as span:
+                record_outcome(span, refusal.code)
+                await self.send(error_event(command.request_id, refusal))
+            return
+        self.asks[command.request_id] = asyncio.create_task(self.run_ask(command), name=f"ws ask {command.request_id}")
+
+    def refusal_of(self, command: AskCommand) -> InvalidArgument | RateLimited | None:
+        if command.request_id in self.asks:
+            return InvalidArgument(
+                "request_id", f"{command.request_id!r} names an ask still in progress on this socket"
+            )
+        if len(self.asks) >= MAX_ASKS_IN_FLIGHT:
+            return RateLimited(
+                f"at most {MAX_ASKS_IN_FLIGHT} asks may be in progress on one socket; wait for one to complete",
+                retry_after_s=1.0,
+            )
+        return None
+
+    async def run_ask(self, command: AskCommand) -> None:
+        """One ask, in its own task: as the socket's user, within the ask's deadline, in the
+        ask's span; its updates are sent as they come and it ends with complete or error."""
+        # The task has its own copy of the context: these settings end with it.
+        set_principal(self.principal)
+        set_deadline_in(ASK_DEADLINE_S)
+        with message_span("ask", command.request_id, command.trace_carrier) as span:
+            citations = 0
+            try:
+                async for update in self.asker.ask(self.principal.user_id, command.conversation_id, command.question):
+                    if isinstance(update, Citation):
+                        citations += 1
+                    await self.send(update_event(command.request_id, update, citations))
+                record_outcome(span, grpc.StatusCode.OK)
+            except asyncio.CancelledError:
+                record_outcome(span, grpc.StatusCode.CANCELLED)
+                await self.send(cancelled_event(command.request_id))
+                raise
+            except Exception as error:
+                reply = status_for(error, current_trace_id())
+                if not isinstance(error, DomainError):
+                    log.error("ask failed (trace %s)", current_trace_id(), exc_info=error)
+                    span.record_exception(error)
+                record_outcome(span, reply.code, reply.message)
+                await self.send(error_event(command.request_id, error, current_trace_id()))
+            finally:
+                # Right after the last reply, with no await in between: a client that reuses
+                # the request_id as soon as it sees `complete` is not refused.
+                self.asks.pop(command.request_id, None)
+
+    async def send(self, event: Event) -> None:
+        # A socket closing under a reply loses only that reply; its asks are cancelled anyway.
+        with contextlib.suppress(ConnectionClosed):
+            await self.connection.send(json.dumps(event, ensure_ascii=False))
+
+    async def cancel_all(self) -> None:
+        tasks = list(self.asks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@contextlib.contextmanager
+def message_span(kind: str, request_id: str = "", carrier: Mapping[str, str] | None = None) -> Iterator[trace.Span]:
+    """The SERVER span of one client message, current while it is handled; a child of the
+    trace context in `carrier`, when there is one."""
+    span = _tracer.start_span(f"WS {WS_PATH} {kind}", context=propagate.extract(carrier or {}), kind=SpanKind.SERVER)
+    if span.is_recording():
+        span.set_attributes({"network.protocol.name": "websocket", "url.path": WS_PATH, "websocket.message.type": kind})
+        if request_id:
+            span.set_attribute("chat.request_id", request_id)
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        yield span
+    finally:
+        otel_context.detach(token)
+        span.end()
+
+
+def record_outcome(span: trace.Span, code: grpc.StatusCode, message: str = "") -> None:
+    """The outcome as on a gRPC SERVER span: an error only when the service failed."""
+    if not span.is_recording():
+        return
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code in SERVER_ERROR_CODES:
+        span.set_status(Status(StatusCode.ERROR, message or code.name))
+
+
+class ChatWebSocketEndpoint:
+    """Accepts sockets on WS_PATH, authenticates them, and serves each as a ChatSocket."""
+
+    def __init__(self, asker: Asker, verifier: TokenVerifier) -> None:
+        self.asker = asker
+        self.verifier = verifier
+
+    def check_path(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Only WS_PATH upgrades; anything else is 404 before the handshake."""
+        if urlsplit(request.path).path != WS_PATH:
+            return connection.respond(HTTPStatus.NOT_FOUND, f"the chat WebSocket is at {WS_PATH}\n")
+        return None
+
+    async def handle(self, connection: ServerConnection) -> None:
+        principal = await self.authenticate(connection)
+        if principal is not None:
+            await ChatSocket(connection, principal, self.asker, self.verifier.leeway_s).serve()
+
+    async def authenticate(self, connection: ServerConnection) -> Principal | None:
+        """The socket's user, or None once the socket is closed with the reason."""
+        request = connection.request
+        headers = list(request.headers.raw_items()) if request is not None else []
+        span = _tracer.start_span(
+            f"WS {WS_PATH} connect", context=propagate.extract(trace_carrier(headers)), kind=SpanKind.SERVER
+        )
+        if span.is_recording():
+            span.set_attributes({"network.protocol.name": "websocket", "url.path": WS_PATH})
+        try:
+            token = token_of(request)
+            if token is None:
+                raise Unauthenticated(MISSING_WS_TOKEN)
+            principal = await self.verifier.verify(token)
+        except Unauthenticated as error:
+            record_outcome(span, error.code)
+            await connection.close(CLOSE_UNAUTHENTICATED, close_reason(error.message))
+            return None
+        except Unavailable as error:
+            record_outcome(span, error.code, error.message)
+            await connection.close(CLOSE_TRY_AGAIN_LATER, close_reason(error.message))
+            return None
+        finally:
+            span.end()
+        return principal
+
+
+async def open_server(endpoint: ChatWebSocketEndpoint, host: str, port: int) -> Server:
+    """The endpoint's server, bound (a taken port fails here, at start-up) but not yet
+    accepting: `serve_forever` starts accepting and, when cancelled, closes every socket."""
+    try:
+        return await serve(
+            endpoint.handle,
+            host,
+            port,
+            process_request=endpoint.check_path,
+            max_size=MAX_MESSAGE_BYTES,
+            # A client that does not answer our close frame must not hold up shutdown.
+            close_timeout=CLOSE_TIMEOUT_S,
+            start_serving=False,
+        )
+    except OSError as error:
+        raise OSError(f"chat WebSocket: cannot listen on {host}:{port} (port in use?): {error}") from error

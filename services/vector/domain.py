@@ -1,0 +1,65 @@
+"""The vector domain: what a valid search is, which spaces it may see, and which index change
+a document event asks for. Pure rules, no I/O."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from services.kit.errors import InvalidArgument, PermissionDenied
+
+QUERY_LENGTH = (1, 1000)
+TOP_K_RANGE = (1, 50)
+DEFAULT_TOP_K = 10
+MAX_SPACE_FILTER = 100
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    text: str
+    top_k: int
+    space_ids: tuple[str, ...]  # requested filter; empty = every readable space
+
+
+def parse_space_id(raw: str, field: str) -> str:
+    try:
+        return str(uuid.UUID(raw.strip()))
+    except ValueError as error:
+        raise InvalidArgument(field, f"must be a UUID, got {raw!r}") from error
+
+
+def search_query(text: str, top_k: int, space_ids: Sequence[str]) -> SearchQuery:
+    query = text.strip()
+    low, high = QUERY_LENGTH
+    if not low <= len(query) <= high:
+        raise InvalidArgument("query", f"must be {low}–{high} characters after trimming, got {len(query)}")
+    wanted = top_k or DEFAULT_TOP_K
+    if not TOP_K_RANGE[0] <= wanted <= TOP_K_RANGE[1]:
+        raise InvalidArgument(
+            "top_k", f"must be {TOP_K_RANGE[0]}–{TOP_K_RANGE[1]} (0 means {DEFAULT_TOP_K}), got {top_k}"
+        )
+    if len(space_ids) > MAX_SPACE_FILTER:
+        raise InvalidArgument("space_ids", f"at most {MAX_SPACE_FILTER} spaces, got {len(space_ids)}")
+    parsed = [parse_space_id(raw, f"space_ids[{index}]") for index, raw in enumerate(space_ids)]
+    if len(set(parsed)) != len(parsed):
+        raise InvalidArgument("space_ids", "must not repeat a space")
+    return SearchQuery(query, wanted, tuple(parsed))
+
+
+def searchable_spaces(requested: Sequence[str], readable: Iterable[str]) -> list[str]:
+    """The spaces a search may look in: the requested ones, each of which the caller must be
+    able to read, or (none requested) every space the caller can read."""
+    allowed = set(readable)
+    if not requested:
+        return sorted(allowed)
+    for space_id in requested:
+        if space_id not in allowed:
+            raise PermissionDenied(f"space {space_id} does not exist or you are not a member of it")
+    return list(requested)
+
+
+def clip_snippet(text: str, limit: int = 1000) -> str:
+    """A hit's snippet: 1–1000 characters (the contract)."""
+    clipped = text.strip()[:limit]
+    return clipped or "…"
