@@ -345,13 +345,13 @@ async def wait_ports_closed(ports: Iterable[int], timeout_s: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def isolated_stack(
+async def isolated_launcher(
     topology: Topology, wanted: Iterable[str], port_offset: int, environ: Mapping[str, str] | None = None
-) -> AsyncIterator[dict[str, dict[str, str]]]:
-    """The named components (and what they need) in a scratch run directory on ports moved by
-    `port_offset`, for benchmarks and fault tests that must not touch a running stack.
-    `environ` adds settings every process of this stack sees (e.g. a sampling ratio).
-    Yields each component's endpoints; everything is stopped afterwards."""
+) -> AsyncIterator[Launcher]:
+    """The named components (and what they need) started in a scratch run directory on ports
+    moved by `port_offset`, for benchmarks and fault tests that must not touch a running stack.
+    `environ` adds settings every process of this stack sees (e.g. a sampling ratio). The
+    launcher is yielded, so a test can stop and restart components; all stop afterwards."""
     saved = dict(os.environ)
     os.environ.update({PORT_OFFSET_ENV: str(port_offset), **(environ or {})})
     try:
@@ -361,9 +361,18 @@ async def isolated_stack(
             launcher = Launcher(topology.subset(wanted), run_dir)
             await launcher.start()
             try:
-                yield {name: dict(r.component.endpoints()) for name, r in launcher.running.items()}
+                yield launcher
             finally:
                 await launcher.stop()
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@contextlib.asynccontextmanager
+async def isolated_stack(
+    topology: Topology, wanted: Iterable[str], port_offset: int, environ: Mapping[str, str] | None = None
+) -> AsyncIterator[dict[str, dict[str, str]]]:
+    """Like `isolated_launcher`, yielding each component's endpoints."""
+    async with isolated_launcher(topology, wanted, port_offset, environ) as launcher:
+        yield {name: dict(r.component.endpoints()) for name, r in launcher.running.items()}

@@ -30,6 +30,8 @@ from services.vector.index import ChunkIndex, IndexedChunk
 
 DOCUMENT_WRITTEN = ("knowledge.document.created", "knowledge.document.updated")
 DOCUMENT_DELETED = "knowledge.document.deleted"
+_tracer = trace.get_tracer("services.vector.indexing")
+
 MEMBERSHIP_CHANGED = ("knowledge.member.added", "knowledge.member.role_changed", "knowledge.member.removed")
 
 
@@ -103,9 +105,11 @@ class Indexer:
             span.set_attribute("index.skipped", f"version {version}; the index holds {known}")
             return False
         chunks = chunk_text(text)
-        vectors = await self.embedder.embed([chunk.text for chunk in chunks])
+        with _tracer.start_as_current_span("embed chunks", attributes={"embedding.model": self.embedder.name}):
+            vectors = await self.embedder.embed([chunk.text for chunk in chunks])
         indexed = [IndexedChunk(chunk.index, chunk.text, vector) for chunk, vector in zip(chunks, vectors, strict=True)]
-        applied = await self.index.upsert_document(space_id, document_id, version, indexed)
+        with _tracer.start_as_current_span("index upsert", attributes={"index.document_id": document_id}):
+            applied = await self.index.upsert_document(space_id, document_id, version, indexed)
         if applied:
             delay_ms = self.freshness.record(committed_at, datetime.now(UTC))
             span.set_attributes({"index.chunks": len(indexed), "index.freshness_ms": round(delay_ms, 1)})

@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from opentelemetry import trace
+
 from services.kit.auth import Principal
 from services.kit.errors import PermissionDenied
 from services.kit.server import set_deadline_in
@@ -20,6 +22,7 @@ from services.vector.index import ChunkIndex, Hit, IndexStats
 from services.vector.indexing import FreshnessSummary, Indexer, document_text
 
 log = logging.getLogger("services.vector")
+_tracer = trace.get_tracer("services.vector.search")
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,10 @@ class VectorService:
         spaces = searchable_spaces(query.space_ids, await self.access.readable(caller.user_id))
         hits: list[Hit] = []
         if spaces:
-            [vector] = await self.embedder.embed([query.text])
-            hits = await self.index.search(vector, query.top_k, spaces)
+            with _tracer.start_as_current_span("embed query", attributes={"embedding.model": self.embedder.name}):
+                [vector] = await self.embedder.embed([query.text])
+            with _tracer.start_as_current_span("index search", attributes={"index.spaces": len(spaces)}):
+                hits = await self.index.search(vector, query.top_k, spaces)
         snippets = [clip_snippet(snippet(hit.text, query.text)) for hit in hits]
         return SearchResult(hits, snippets, int((time.monotonic() - began) * 1000))
 
