@@ -33,11 +33,10 @@ def document_event(
     space_id: str, document_id: str, version: int, content: str, *, deleted: bool = False, event_id: str | None = None
 ) -> EventEnvelope:
     """A knowledge event as the knowledge service would write it (crafted by the test)."""
+    payload: Message
     if deleted:
-        event_type, payload = (
-            "knowledge.document.deleted",
-            events_pb2.DocumentDeleted(space_id=space_id, document_id=document_id, version=version, title="t"),
-        )
+        event_type = "knowledge.document.deleted"
+        payload = events_pb2.DocumentDeleted(space_id=space_id, document_id=document_id, version=version, title="t")
     else:
         event_type = "knowledge.document.created" if version == 1 else "knowledge.document.updated"
         kind = events_pb2.DocumentCreated if version == 1 else events_pb2.DocumentUpdated
