@@ -83,3 +83,34 @@ async def test_a_request_that_emits_an_event_is_one_connected_trace(
     assert_no_errors(tree)
     assert_under(tree, server, budget_ms=2000)
     assert tree.services() >= {"tests", "envoy", "knowledge"}
+
+
+async def test_a_document_create_is_one_trace_down_to_the_index_upsert(
+    stack: StackEndpoints, traces: TraceCapture, transport: Transport
+) -> None:
+    account = await sign_up(transport)
+    create_space = knowledge_pb2.CreateSpaceRequest(name="Traced documents")
+    space = (
+        await transport.unary("knowledge.v1.KnowledgeService/CreateSpace", create_space, token=account.access_token)
+    ).unwrap()
+    assert isinstance(space, knowledge_pb2.CreateSpaceResponse)
+    async with traces.action("create a document") as action:
+        reply = await transport.unary(
+            "knowledge.v1.KnowledgeService/CreateDocument",
+            knowledge_pb2.CreateDocumentRequest(space_id=space.space.space_id, title="Traced", content="Follow me."),
+            token=account.access_token,
+            metadata=action.metadata(),
+        )
+    assert reply.ok, reply.details
+
+    edge, server = span("envoy", kind="Server"), span("knowledge", kind="Server", name="CreateDocument")
+    producer = span("knowledge", kind="Producer", **{"event.type": "knowledge.document.created"})
+    consumer = span("vector", kind="Consumer", **{"event.type": "knowledge.document.created"})
+    embed, upsert = span("vector", name="embed chunks"), span("vector", name="index upsert")
+    tree = await action.trace(edge, server, producer, consumer, embed, upsert, timeout_s=30)
+
+    assert_path(tree, edge, server, producer, consumer, upsert)
+    assert_path(tree, consumer, embed)
+    assert_connected(tree)
+    assert_no_errors(tree)
+    assert tree.services() >= {"tests", "envoy", "knowledge", "vector"}
