@@ -12,7 +12,6 @@ import base64
 import binascii
 import hashlib
 import json
-import re
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from enum import IntEnum, StrEnum
 from typing import Generic, TypeAlias, TypeVar
 
 from services.kit.errors import InvalidArgument, NotFound
+from services.kit.ids import CANONICAL_UUID, parse_id
 
 TITLE_LENGTH = (1, 200)
 SPACE_IDS_MAX = 100
@@ -37,22 +37,8 @@ NOTHING_FOUND_TEXT = (
     "this conversation searches."
 )
 
-CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-UUID_EXAMPLE = "123e4567-e89b-12d3-a456-426614174000"
-
 
 # ------------------------------------------------------------------ input
-
-
-def parse_id(raw: str, field: str) -> str:
-    """A UUID in the canonical 36-character hyphenated form, returned in lower case."""
-    text = raw.strip().lower()
-    if not text:
-        raise InvalidArgument(field, f"is required: a UUID like {UUID_EXAMPLE}")
-    if not CANONICAL_UUID.match(text):
-        shown = raw if len(raw) <= 40 else raw[:40] + "…"
-        raise InvalidArgument(field, f"must be a UUID in the 36-character form like {UUID_EXAMPLE}, got {shown!r}")
-    return text
 
 
 def _trimmed_text(raw: str, field: str, low: int, high: int) -> str:

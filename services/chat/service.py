@@ -52,13 +52,13 @@ from services.chat.domain import (
     normalize_title,
     page_of,
     page_request,
-    parse_id,
     spaces_to_search,
 )
 from services.chat.repository import ChatRepository
 from services.kit.db import SessionFactory, transaction
 from services.kit.errors import PermissionDenied, Unavailable
 from services.kit.events import EventEnvelope, new_envelope
+from services.kit.ids import parse_id
 from services.kit.outbox import record_event
 
 PRODUCER = "chat"

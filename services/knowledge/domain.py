@@ -11,7 +11,6 @@ import base64
 import binascii
 import hashlib
 import json
-import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from enum import IntEnum, StrEnum
 from typing import Generic, TypeVar
 
 from services.kit.errors import Conflict, FailedPrecondition, InvalidArgument, PermissionDenied
+from services.kit.ids import CANONICAL_UUID
 
 SPACE_NAME_LENGTH = (1, 100)
 SPACE_DESCRIPTION_MAX = 2000
@@ -30,22 +30,8 @@ TAG_LENGTH = (1, 40)
 PAGE_SIZE_MAX = 100
 PAGE_SIZE_DEFAULT = 20
 
-CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-UUID_EXAMPLE = "123e4567-e89b-12d3-a456-426614174000"
-
 
 # ------------------------------------------------------------------ input
-
-
-def parse_id(raw: str, field: str) -> str:
-    """A UUID in the canonical 36-character hyphenated form, returned in lower case."""
-    text = raw.strip().lower()
-    if not text:
-        raise InvalidArgument(field, f"is required: a UUID like {UUID_EXAMPLE}")
-    if not CANONICAL_UUID.match(text):
-        shown = raw if len(raw) <= 40 else raw[:40] + "…"
-        raise InvalidArgument(field, f"must be a UUID in the 36-character form like {UUID_EXAMPLE}, got {shown!r}")
-    return text
 
 
 def _reject_nul(value: str, field: str) -> None:

@@ -20,6 +20,7 @@ from services.api.events.v1 import events_pb2
 from services.kit.db import HotReads, SessionFactory, transaction
 from services.kit.errors import AlreadyExists, NotFound
 from services.kit.events import EventEnvelope, new_envelope
+from services.kit.ids import parse_id
 from services.kit.outbox import record_event
 from services.knowledge.domain import (
     Cursor,
@@ -46,7 +47,6 @@ from services.knowledge.domain import (
     not_a_member,
     page_of,
     page_request,
-    parse_id,
     require_role,
     role_to_grant,
     snapshot,

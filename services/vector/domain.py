@@ -3,11 +3,11 @@ a document event asks for. Pure rules, no I/O."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from services.kit.errors import InvalidArgument, PermissionDenied
+from services.kit.ids import parse_id
 
 QUERY_LENGTH = (1, 1000)
 TOP_K_RANGE = (1, 50)
@@ -22,13 +22,6 @@ class SearchQuery:
     space_ids: tuple[str, ...]  # requested filter; empty = every readable space
 
 
-def parse_space_id(raw: str, field: str) -> str:
-    try:
-        return str(uuid.UUID(raw.strip()))
-    except ValueError as error:
-        raise InvalidArgument(field, f"must be a UUID, got {raw!r}") from error
-
-
 def search_query(text: str, top_k: int, space_ids: Sequence[str]) -> SearchQuery:
     query = text.strip()
     low, high = QUERY_LENGTH
@@ -41,7 +34,7 @@ def search_query(text: str, top_k: int, space_ids: Sequence[str]) -> SearchQuery
         )
     if len(space_ids) > MAX_SPACE_FILTER:
         raise InvalidArgument("space_ids", f"at most {MAX_SPACE_FILTER} spaces, got {len(space_ids)}")
-    parsed = [parse_space_id(raw, f"space_ids[{index}]") for index, raw in enumerate(space_ids)]
+    parsed = [parse_id(raw, f"space_ids[{index}]") for index, raw in enumerate(space_ids)]
     if len(set(parsed)) != len(parsed):
         raise InvalidArgument("space_ids", "must not repeat a space")
     return SearchQuery(query, wanted, tuple(parsed))

@@ -13,10 +13,11 @@ from opentelemetry import trace
 
 from services.kit.auth import Principal
 from services.kit.errors import PermissionDenied
+from services.kit.ids import parse_id
 from services.kit.server import set_deadline_in
 from services.vector.access import AccessCache
 from services.vector.chunking import snippet
-from services.vector.domain import clip_snippet, parse_space_id, search_query, searchable_spaces
+from services.vector.domain import clip_snippet, search_query, searchable_spaces
 from services.vector.embeddings import Embedder
 from services.vector.index import ChunkIndex, Hit, IndexStats
 from services.vector.indexing import FreshnessSummary, Indexer, document_text
@@ -75,7 +76,7 @@ class VectorService:
 
     async def reindex_space(self, caller: Principal, space_id: str) -> int:
         """Queue every current document of the space for re-embedding; returns how many."""
-        space_id = parse_space_id(space_id, "space_id")
+        space_id = parse_id(space_id, "space_id")
         if not await self.source.may_edit(caller.user_id, space_id):
             raise PermissionDenied(f"reindexing space {space_id} needs the editor role or higher in it")
         document_ids = await self.source.document_ids(space_id)

@@ -34,11 +34,11 @@ from services.chat.domain import (
     normalize_title,
     page_of,
     page_request,
-    parse_id,
     spaces_to_search,
     split_delta,
 )
 from services.kit.errors import InvalidArgument, NotFound
+from services.kit.ids import parse_id
 
 NOW = datetime(2025, 7, 26, 12, 0, tzinfo=UTC)
 SPACE_A = "0a1b2c3d-0000-4000-8000-00000000000a"

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.kit.errors import Conflict, FailedPrecondition, InvalidArgument, PermissionDenied
+from services.kit.ids import parse_id
 from services.knowledge.domain import (
     CONTENT_MAX_BYTES,
     PAGE_SIZE_DEFAULT,
@@ -41,7 +42,6 @@ from services.knowledge.domain import (
     normalize_title,
     page_of,
     page_request,
-    parse_id,
     require_role,
     role_to_grant,
     snapshot,

@@ -30,7 +30,11 @@ from services.vector.index import (
     upsert_applies,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")
+# Local mode says, rightly, that it ignores payload indexes and search parameters (it scans).
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant"),
+    pytest.mark.filterwarnings("ignore:Local mode performs exact"),
+]
 
 DIM = 16
 
@@ -334,6 +338,27 @@ async def test_edge_index_optimises_when_idle_and_keeps_answering(tmp_path: Path
         assert await index.optimize() in (True, False)
     finally:
         await index.close()
+
+
+async def test_edge_index_optimises_at_open_but_not_while_serving_by_default(tmp_path: Path) -> None:
+    rng = random.Random(15)
+    space = _id()
+    index = await EdgeIndex.open(tmp_path, dimensions=DIM, optimize_after=50)
+    for _ in range(12):
+        await index.upsert_document(space, _id(), 1, _chunks(rng, 5))
+    # Serving: changes pile up, but no optimisation is scheduled (it would block searches).
+    assert index._pending_changes >= 50
+    assert index._optimizer is None
+    query = _vector(rng)
+    before = await index.search(query, 10, [space])
+    await index.close()
+    # Opening (before serving) is when the accumulated changes get optimised.
+    reopened = await EdgeIndex.open(tmp_path, dimensions=DIM, optimize_after=50)
+    try:
+        assert reopened._pending_changes == 0
+        assert await reopened.search(query, 10, [space]) == before
+    finally:
+        await reopened.close()
 
 
 async def test_open_chunk_index_follows_the_configuration(tmp_path: Path) -> None:

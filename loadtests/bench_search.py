@@ -1,0 +1,258 @@
+"""`python -m loadtests.bench_search`: search and indexing, measured through the real pipeline.
+
+On its own stack (moved ports), documents are written through the knowledge service and
+reach the index the way production data does: Kafka events, chunking, embedding, upserts.
+  1. Indexing: chunks/s from the first write until the index holds them all, at each size.
+  2. Search through Envoy at 1k, 10k and 100k chunks (a reader in 5 of 50 spaces, so every
+     search is filtered): req/s, p50/p99; and the same queries as exact numpy search over the
+     same vectors in this process: recall@10 of the served results, and the latency ratio.
+  3. Freshness under a steady stream of writes: commit → searchable, p50/p99, as the client
+     sees it (polling for a unique word) and as the vector service measured it (its spans).
+The lexical embedder is used so that seeding 100k chunks takes a minute, not an hour; the
+semantic model's cost per chunk is printed by its own unit of measure (docs/s) in
+tests/unit/test_vector_embeddings.py's module docstring and does not change the index's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+from faker import Faker
+
+from contracts.transports import NativeGrpc, Transport, transport_for
+from fixtures.accounts import Account, sign_up
+from observability.clickhouse import connect
+from services.api.knowledge.v1 import knowledge_pb2
+from services.api.vector.v1 import vector_pb2
+from services.vector.chunking import chunk_text
+from services.vector.embeddings import LexicalEmbedder
+from services.vector.indexing import document_text
+from simulations.launcher import isolated_launcher
+from simulations.platform import PLATFORM
+
+PORT_OFFSET = 1600
+SPACES, READER_SPACES = 50, 5
+PARAGRAPHS_PER_DOCUMENT = 10
+K = "knowledge.v1.KnowledgeService"
+V = "vector.v1.VectorService"
+
+
+@dataclass
+class Corpus:
+    """Everything written, as the index should hold it: chunk texts and where they belong."""
+
+    texts: list[str] = field(default_factory=list)
+    keys: list[tuple[str, int]] = field(default_factory=list)  # (document_id, chunk_index)
+    spaces: list[str] = field(default_factory=list)
+
+
+def document_content(faker: Faker) -> str:
+    """~10 paragraphs of ~700 characters: about one chunk each."""
+    return "\n\n".join(faker.text(max_nb_chars=700) for _ in range(PARAGRAPHS_PER_DOCUMENT))
+
+
+async def write_documents(
+    knowledge: Transport, owner: Account, spaces: list[str], corpus: Corpus, faker: Faker, target_chunks: int
+) -> int:
+    """Write documents until the corpus holds `target_chunks` chunks; returns documents written."""
+    written = 0
+    lock = asyncio.Lock()
+
+    async def writer() -> None:
+        nonlocal written
+        while True:
+            async with lock:
+                if len(corpus.texts) >= target_chunks:
+                    return
+                space_id = random.choice(spaces)
+                title, content = faker.sentence(nb_words=5), document_content(faker)
+                chunks = chunk_text(document_text(title, content))
+                corpus.texts += [c.text for c in chunks]
+                corpus.spaces += [space_id] * len(chunks)
+                slot = len(corpus.keys)
+                corpus.keys += [("", c.index) for c in chunks]
+            request = knowledge_pb2.CreateDocumentRequest(space_id=space_id, title=title, content=content)
+            reply = await knowledge.unary(f"{K}/CreateDocument", request, token=owner.access_token, timeout=30)
+            document_id = reply.unwrap().document.document_id  # type: ignore[attr-defined]
+            for offset, chunk in enumerate(chunks):
+                corpus.keys[slot + offset] = (document_id, chunk.index)
+            written += 1
+
+    await asyncio.gather(*(writer() for _ in range(16)))
+    return written
+
+
+async def chunk_count(vector: Transport, account: Account) -> int:
+    stats = (
+        await vector.unary(f"{V}/GetIndexStats", vector_pb2.GetIndexStatsRequest(), token=account.access_token)
+    ).unwrap()
+    return int(stats.chunk_count)  # type: ignore[attr-defined]
+
+
+async def drive_search(
+    envoy: Transport, reader: Account, queries: list[str], seconds: float
+) -> tuple[float, float, float]:
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def caller(offset: int) -> None:
+        n = offset
+        while time.perf_counter() < deadline:
+            began = time.perf_counter()
+            reply = await envoy.unary(
+                f"{V}/Search",
+                vector_pb2.SearchRequest(query=queries[n % len(queries)], top_k=10),
+                token=reader.access_token,
+            )
+            assert reply.ok, reply.details
+            latencies.append((time.perf_counter() - began) * 1000)
+            n += 7
+
+    began = time.perf_counter()
+    await asyncio.gather(*(caller(i) for i in range(16)))
+    elapsed = time.perf_counter() - began
+    return len(latencies) / elapsed, statistics.median(latencies), statistics.quantiles(latencies, n=100)[98]
+
+
+async def exact_comparison(
+    envoy: Transport, reader: Account, reader_spaces: set[str], corpus: Corpus, queries: list[str]
+) -> tuple[float, float, float]:
+    """recall@10 of served results against exact search, served p50 and exact p50 (ms)."""
+    embedder = LexicalEmbedder()
+    readable = [i for i, space in enumerate(corpus.spaces) if space in reader_spaces]
+    matrix = np.asarray(embedder.embed_sync([corpus.texts[i] for i in readable]), dtype=np.float32)
+    recalls, served_ms, exact_ms = [], [], []
+    for query in queries:
+        began = time.perf_counter()
+        [vector] = embedder.embed_sync([query])
+        scores = matrix @ np.asarray(vector, dtype=np.float32)
+        top = np.argsort(-scores)[:10]
+        exact = {corpus.keys[readable[i]] for i in top}
+        exact_ms.append((time.perf_counter() - began) * 1000)
+        began = time.perf_counter()
+        reply = await envoy.unary(
+            f"{V}/Search", vector_pb2.SearchRequest(query=query, top_k=10), token=reader.access_token
+        )
+        served_ms.append((time.perf_counter() - began) * 1000)
+        hits = {(h.document_id, h.chunk_index) for h in reply.unwrap().hits}  # type: ignore[attr-defined]
+        recalls.append(len(hits & exact) / max(1, len(exact)))
+    return statistics.mean(recalls), statistics.median(served_ms), statistics.median(exact_ms)
+
+
+async def freshness(
+    knowledge: Transport, vector: Transport, owner: Account, space_id: str, per_second: float, seconds: float
+) -> list[float]:
+    """Client-observed commit → searchable delays for a steady stream of writes."""
+    delays: list[float] = []
+
+    async def one(marker: str) -> None:
+        request = knowledge_pb2.CreateDocumentRequest(space_id=space_id, title="Fresh", content=f"{marker} fresh note")
+        assert (await knowledge.unary(f"{K}/CreateDocument", request, token=owner.access_token)).ok
+        committed = time.perf_counter()
+        while True:
+            found = (
+                await vector.unary(
+                    f"{V}/Search",
+                    vector_pb2.SearchRequest(query=marker, top_k=1, space_ids=[space_id]),
+                    token=owner.access_token,
+                )
+            ).unwrap()
+            if any(marker in hit.snippet for hit in found.hits):  # type: ignore[attr-defined]
+                delays.append((time.perf_counter() - committed) * 1000)
+                return
+            await asyncio.sleep(0.02)
+
+    tasks = []
+    for n in range(int(per_second * seconds)):
+        tasks.append(asyncio.create_task(one(f"fresh{n}x{uuid.uuid4().hex[:8]}")))
+        await asyncio.sleep(1 / per_second)
+    await asyncio.gather(*tasks)
+    return delays
+
+
+async def run(sizes: list[int], seconds: float) -> None:
+    faker = Faker()
+    Faker.seed(7)
+    random.seed(7)
+    environment = {"KP_EMBEDDING_MODEL": "lexical-hash-384", "KP_TRACE_SAMPLE_RATIO": "0.02"}
+    async with isolated_launcher(PLATFORM, ["envoy"], PORT_OFFSET, environment) as launcher:
+        endpoints = {name: dict(r.component.endpoints()) for name, r in launcher.running.items()}
+        envoy = transport_for("grpc", endpoints["envoy"]["http"], endpoints["envoy"]["grpc"])
+        knowledge = NativeGrpc(endpoints["knowledge"]["grpc"])
+        vector = NativeGrpc(endpoints["vector"]["grpc"])
+        owner, reader = await sign_up(envoy, "owner"), await sign_up(envoy, "reader")
+        spaces = []
+        for n in range(SPACES):
+            reply = await knowledge.unary(
+                f"{K}/CreateSpace", knowledge_pb2.CreateSpaceRequest(name=f"Space {n}"), token=owner.access_token
+            )
+            spaces.append(reply.unwrap().space.space_id)  # type: ignore[attr-defined]
+        for space_id in spaces[:READER_SPACES]:
+            add = knowledge_pb2.AddMemberRequest(
+                space_id=space_id, user_id=reader.user_id, role=knowledge_pb2.ROLE_VIEWER
+            )
+            assert (await knowledge.unary(f"{K}/AddMember", add, token=owner.access_token)).ok
+
+        corpus = Corpus()
+        print(f"search through Envoy, filtered to the reader's {READER_SPACES} of {SPACES} spaces, 16 in flight:")
+        print(
+            f"  {'chunks':>8} {'index chunks/s':>15} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+            f"{'recall@10':>9} {'exact p50 ms':>12} {'served/exact':>12}"
+        )
+        for size in sizes:
+            began = time.perf_counter()
+            await write_documents(knowledge, owner, spaces, corpus, faker, size)
+            while await chunk_count(vector, owner) < len(corpus.texts):
+                await asyncio.sleep(0.2)
+            index_rate = len(corpus.texts) / (time.perf_counter() - began)
+            queries = [" ".join(faker.words(nb=4)) for _ in range(200)]
+            rate, p50, p99 = await drive_search(envoy, reader, queries, seconds)
+            recall, served, exact = await exact_comparison(envoy, reader, set(spaces[:READER_SPACES]), corpus, queries)
+            print(
+                f"  {len(corpus.texts):>8,} {index_rate:>15,.0f} {rate:>7,.0f} {p50:>7.2f} {p99:>7.2f} "
+                f"{recall:>9.3f} {exact:>12.2f} {served / exact:>12.1f}"
+            )
+
+        window_began = time.time()
+        delays = await freshness(knowledge, vector, owner, spaces[0], per_second=10, seconds=15)
+        print(
+            f"freshness, 10 writes/s for 15 s: client-observed commit → searchable p50 "
+            f"{statistics.median(delays):.0f} ms, p99 {statistics.quantiles(delays, n=100)[98]:.0f} ms"
+        )
+        async with aiohttp.ClientSession() as session, session.post(f"{endpoints['otlp']['http']}/flush") as answer:
+            await answer.read()
+        store = connect(endpoints["clickhouse"]["http"])
+        rows = store.query(
+            "SELECT quantiles(0.5, 0.99)(toFloat64OrZero(SpanAttributes['index.freshness_ms'])), count() "
+            "FROM otel.otel_traces WHERE ServiceName = 'vector' AND mapContains(SpanAttributes, 'index.freshness_ms') "
+            "AND Timestamp >= fromUnixTimestamp64Milli(%(since)s)",
+            parameters={"since": int(window_began * 1000)},
+        ).result_rows
+        (p50_99, sampled) = rows[0]
+        if sampled:
+            print(
+                f"  as the vector service measured it (sampled spans, n={sampled}): p50 {p50_99[0]:.0f} ms, "
+                f"p99 {p50_99[1]:.0f} ms"
+            )
+        for transport in (envoy, knowledge, vector):
+            await transport.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    asyncio.run(run([int(size) for size in args.sizes.split(",")], args.seconds))
+
+
+if __name__ == "__main__":
+    main()
