@@ -80,3 +80,4 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "observability.bench", "ingest")
     session.run("python", "-m", "observability.bench", "overhead")
     session.run("python", "-m", "loadtests.bench_getdocument")
+    session.run("python", "-m", "loadtests.bench_search")
