@@ -4,21 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from services.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.domain import User
 from services.auth.service import AuthService, IssuedTokens
 from services.kit.auth import current_principal
+from services.kit.protos import timestamp
 
 SERVICE_NAME = "auth.v1.AuthService"
 PUBLIC_METHODS = frozenset(f"/{SERVICE_NAME}/{name}" for name in ("SignUp", "Login", "Refresh", "Logout", "GetJwks"))
 
 
 def user_message(user: User) -> auth_pb2.User:
-    created = Timestamp()
-    created.FromDatetime(user.created_at)
-    return auth_pb2.User(user_id=user.user_id, email=user.email, display_name=user.display_name, created_at=created)
+    return auth_pb2.User(
+        user_id=user.user_id, email=user.email, display_name=user.display_name, created_at=timestamp(user.created_at)
+    )
 
 
 def token_pair(tokens: IssuedTokens) -> auth_pb2.TokenPair:

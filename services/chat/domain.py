@@ -1,26 +1,24 @@
 """The chat domain: conversations, messages, citations, the answer being streamed, and list pages.
 
-Pure rules, no I/O: what valid input is (ids, titles, space scopes, questions, page sizes and
-tokens), what a conversation that is not the caller's looks like (missing: NOT_FOUND), which
-spaces a question may search, how messages are ordered in time, and the limits every streamed
-answer keeps whatever wrote it (fragment sizes, total length, citation count).
+Pure rules, no I/O: what valid input is (ids, titles, space scopes, questions), what a
+conversation that is not the caller's looks like (missing: NOT_FOUND), which spaces a question
+may search, how messages are ordered in time, the limits every streamed answer keeps whatever
+wrote it (fragment sizes, total length, citation count), and which cursors each listing's page
+tokens may carry (page sizes and tokens themselves are services.kit.pagination's).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import IntEnum, StrEnum
-from typing import Generic, TypeAlias, TypeVar
+from typing import TypeAlias
 
 from services.kit.errors import InvalidArgument, NotFound
-from services.kit.ids import CANONICAL_UUID, parse_id
+from services.kit.ids import parse_id
+from services.kit.pagination import Cursor, is_time_and_id
 
 TITLE_LENGTH = (1, 200)
 SPACE_IDS_MAX = 100
@@ -29,8 +27,6 @@ ANSWER_MAX = 20_000
 DELTA_MAX = 2000
 CITATIONS_MAX = 20
 SNIPPET_MAX = 1000
-PAGE_SIZE_MAX = 100
-PAGE_SIZE_DEFAULT = 20
 
 NOTHING_FOUND_TEXT = (
     "I found nothing about that in your spaces. Try other words, or add the documents that cover it to a space "
@@ -277,103 +273,14 @@ class AnswerDraft:
 
 # ------------------------------------------------------------------ pages
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-ONE_MICROSECOND = timedelta(microseconds=1)
-# Times a token may carry: datetime's own range, so decoding cannot overflow.
-RANK_OF_TIME = (
-    (datetime(1, 1, 1, tzinfo=UTC) - EPOCH) // ONE_MICROSECOND,
-    (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - EPOCH) // ONE_MICROSECOND,
-)
-PAGE_TOKEN_MAX = 512
-T = TypeVar("T")
-
 
 class Listing(StrEnum):
-    """The paginated RPCs; a page token names the one it came from."""
+    """The paginated RPCs; a page token names the one it came from (services.kit.pagination).
+    Both are ordered by time then id: a cursor's `rank` is a time in microseconds since the
+    epoch, its `key` the tie-breaking id."""
 
     CONVERSATIONS = "ListConversations"  # newest activity first
     MESSAGES = "ListMessages"  # oldest first
 
-
-@dataclass(frozen=True)
-class Cursor:
-    """The sort key of the last item of a page; the next page starts after it in the listing's
-    order. `rank` is a time in microseconds since the epoch, `key` the tie-breaking id."""
-
-    rank: int
-    key: str
-
-    @classmethod
-    def at(cls, moment: datetime, key: str) -> Cursor:
-        return cls((moment - EPOCH) // ONE_MICROSECOND, key)
-
-    @property
-    def moment(self) -> datetime:
-        return EPOCH + timedelta(microseconds=self.rank)
-
-
-@dataclass(frozen=True)
-class PageRequest:
-    size: int
-    after: Cursor | None  # None: the first page
-
-
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    items: list[T]
-    next_page_token: str  # empty on the last page
-
-
-def page_request(page_size: int, page_token: str, listing: Listing, scope: Sequence[str]) -> PageRequest:
-    """Validate a page request. `scope` are the request parameters the token is bound to (the
-    caller for ListConversations, the conversation for ListMessages); page_size may change
-    between pages."""
-    if not 0 <= page_size <= PAGE_SIZE_MAX:
-        raise InvalidArgument(
-            "page_size", f"must be 1–{PAGE_SIZE_MAX} (0 means the default of {PAGE_SIZE_DEFAULT}), got {page_size}"
-        )
-    token = page_token.strip()
-    return PageRequest(page_size or PAGE_SIZE_DEFAULT, decode_page_token(token, listing, scope) if token else None)
-
-
-def encode_page_token(listing: Listing, scope: Sequence[str], cursor: Cursor) -> str:
-    body = {"l": listing.value, "q": _scope_digest(listing, scope), "r": cursor.rank, "k": cursor.key}
-    return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
-
-
-def decode_page_token(token: str, listing: Listing, scope: Sequence[str]) -> Cursor:
-    """The cursor in a token from `encode_page_token` for the same listing and scope."""
-    refusal = InvalidArgument(
-        "page_token",
-        f"is not a page token from {listing.value} for these request parameters; pass the "
-        "next_page_token of the previous page unchanged, or none for the first page",
-    )
-    if len(token) > PAGE_TOKEN_MAX:
-        raise refusal
-    try:
-        body = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, UnicodeDecodeError, ValueError) as error:
-        raise refusal from error
-    if not isinstance(body, dict) or body.get("l") != listing.value or body.get("q") != _scope_digest(listing, scope):
-        raise refusal
-    rank, key = body.get("r"), body.get("k")
-    # The token is opaque but not sealed: its values are checked before they reach a query.
-    if not isinstance(rank, int) or isinstance(rank, bool) or not isinstance(key, str):
-        raise refusal
-    if not RANK_OF_TIME[0] <= rank <= RANK_OF_TIME[1] or not CANONICAL_UUID.match(key):
-        raise refusal
-    return Cursor(rank, key)
-
-
-def _scope_digest(listing: Listing, scope: Sequence[str]) -> str:
-    return hashlib.sha256("\x1f".join([listing.value, *scope]).encode()).hexdigest()[:16]
-
-
-def page_of(
-    rows: Sequence[T], request: PageRequest, listing: Listing, scope: Sequence[str], cursor_of: Callable[[T], Cursor]
-) -> Page[T]:
-    """A page from up to size + 1 rows read in order: the extra row only says another page exists."""
-    items = list(rows[: request.size])
-    if len(rows) <= request.size:
-        return Page(items, "")
-    return Page(items, encode_page_token(listing, scope, cursor_of(items[-1])))
+    def accepts(self, cursor: Cursor) -> bool:
+        return is_time_and_id(cursor)

@@ -42,10 +42,10 @@ from services.chat.domain import (
     AnswerKind,
     Citation,
     Conversation,
-    Cursor,
     Message,
     MessageRole,
 )
+from services.kit.pagination import Cursor
 
 metadata = MetaData()
 

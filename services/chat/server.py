@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.api.chat.v1 import chat_pb2, chat_pb2_grpc
 from services.chat.domain import AnswerComplete, AnswerDelta, AnswerKind, AskUpdate, Citation, Conversation, Message
 from services.chat.service import ChatService
 from services.kit.auth import current_principal
+from services.kit.protos import timestamp
 
 SERVICE_NAME = "chat.v1.ChatService"
 # Every method needs the caller's token.
 PUBLIC_METHODS: frozenset[str] = frozenset()
-
-
-def timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def answer_kind_message(kind: AnswerKind | None) -> chat_pb2.AnswerKind.ValueType:

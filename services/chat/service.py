@@ -36,10 +36,8 @@ from services.chat.domain import (
     AskUpdate,
     Citation,
     Conversation,
-    Cursor,
     Listing,
     Message,
-    Page,
     RetrievedChunk,
     cited_document_ids,
     message_time,
@@ -50,8 +48,6 @@ from services.chat.domain import (
     normalize_question,
     normalize_space_ids,
     normalize_title,
-    page_of,
-    page_request,
     spaces_to_search,
 )
 from services.chat.repository import ChatRepository
@@ -60,6 +56,7 @@ from services.kit.errors import PermissionDenied, Unavailable
 from services.kit.events import EventEnvelope, new_envelope
 from services.kit.ids import parse_id
 from services.kit.outbox import record_event
+from services.kit.pagination import Cursor, Page, page_of, page_request
 
 PRODUCER = "chat"
 # Chunks asked of the vector service per question: enough for a few quotes from several documents.

@@ -11,11 +11,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
 from services.api.events.v1 import envelope_pb2
+from services.kit.protos import timestamp
 
 EventEnvelope = envelope_pb2.EventEnvelope
 SCHEMA_VERSION = 1
@@ -47,8 +47,7 @@ def new_envelope(
     event_id: str | None = None,
 ) -> envelope_pb2.EventEnvelope:
     """An envelope for `payload`, stamped with the current trace context."""
-    occurred = Timestamp()
-    occurred.FromDatetime(occurred_at or datetime.now(UTC))
+    occurred = timestamp(occurred_at or datetime.now(UTC))
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return envelope_pb2.EventEnvelope(

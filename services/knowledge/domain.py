@@ -1,25 +1,21 @@
 """The knowledge domain: roles, spaces, memberships, documents, versions and list pages.
 
-Pure rules, no I/O: what valid input is (ids, names, titles, content, tags, page sizes and
-tokens), who may do what in a space, when a membership change would leave a space without an
-owner, how a document moves from one version to the next, and what a page token holds.
+Pure rules, no I/O: what valid input is (ids, names, titles, content, tags), who may do what in
+a space, when a membership change would leave a space without an owner, how a document moves
+from one version to the next, and which cursors each listing's page tokens may carry (page
+sizes and tokens themselves are services.kit.pagination's).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import IntEnum, StrEnum
-from typing import Generic, TypeVar
 
 from services.kit.errors import Conflict, FailedPrecondition, InvalidArgument, PermissionDenied
-from services.kit.ids import CANONICAL_UUID
+from services.kit.pagination import Cursor, is_time_and_id
 
 SPACE_NAME_LENGTH = (1, 100)
 SPACE_DESCRIPTION_MAX = 2000
@@ -27,8 +23,6 @@ TITLE_LENGTH = (1, 200)
 CONTENT_MAX_BYTES = 262_144
 TAGS_MAX = 20
 TAG_LENGTH = (1, 40)
-PAGE_SIZE_MAX = 100
-PAGE_SIZE_DEFAULT = 20
 
 
 # ------------------------------------------------------------------ input
@@ -332,20 +326,15 @@ def snapshot(document: Document) -> DocumentVersion:
 
 # ------------------------------------------------------------------ pages
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-ONE_MICROSECOND = timedelta(microseconds=1)
-# Creation times a token may carry: datetime's own range, so decoding cannot overflow.
-RANK_OF_TIME = (
-    (datetime(1, 1, 1, tzinfo=UTC) - EPOCH) // ONE_MICROSECOND,
-    (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - EPOCH) // ONE_MICROSECOND,
-)
 RANK_OF_VERSION = (1, 2**63 - 1)  # PostgreSQL bigint
-PAGE_TOKEN_MAX = 512
-T = TypeVar("T")
 
 
 class Listing(StrEnum):
-    """The paginated RPCs; a page token names the one it came from."""
+    """The paginated RPCs; a page token names the one it came from (services.kit.pagination).
+
+    Spaces, members and documents are listed by creation time then id: a cursor's `rank` is the
+    time in microseconds since the epoch and its `key` the id. Versions are listed by version
+    number: `rank` is the version and `key` is empty."""
 
     SPACES = "ListSpaces"
     MEMBERS = "ListMembers"
@@ -356,89 +345,7 @@ class Listing(StrEnum):
     def ordered_by_version(self) -> bool:
         return self is Listing.VERSIONS
 
-
-@dataclass(frozen=True)
-class Cursor:
-    """The sort key of the last item of a page; the next page starts after it.
-
-    For creation-ordered listings `rank` is the creation time in microseconds since the epoch
-    and `key` the tie-breaking id; for versions `rank` is the version number and `key` is empty."""
-
-    rank: int
-    key: str = ""
-
-    @classmethod
-    def at(cls, moment: datetime, key: str) -> Cursor:
-        return cls((moment - EPOCH) // ONE_MICROSECOND, key)
-
-    @property
-    def moment(self) -> datetime:
-        return EPOCH + timedelta(microseconds=self.rank)
-
-
-@dataclass(frozen=True)
-class PageRequest:
-    size: int
-    after: Cursor | None  # None: the first page
-
-
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    items: list[T]
-    next_page_token: str  # empty on the last page
-
-
-def page_request(page_size: int, page_token: str, listing: Listing, scope: Sequence[str]) -> PageRequest:
-    """Validate a page request. `scope` are the request parameters the token is bound to (the
-    space, the document, or the caller for ListSpaces); page_size may change between pages."""
-    if not 0 <= page_size <= PAGE_SIZE_MAX:
-        raise InvalidArgument(
-            "page_size", f"must be 1–{PAGE_SIZE_MAX} (0 means the default of {PAGE_SIZE_DEFAULT}), got {page_size}"
-        )
-    token = page_token.strip()
-    return PageRequest(page_size or PAGE_SIZE_DEFAULT, decode_page_token(token, listing, scope) if token else None)
-
-
-def encode_page_token(listing: Listing, scope: Sequence[str], cursor: Cursor) -> str:
-    body = {"l": listing.value, "q": _scope_digest(listing, scope), "r": cursor.rank, "k": cursor.key}
-    return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
-
-
-def decode_page_token(token: str, listing: Listing, scope: Sequence[str]) -> Cursor:
-    """The cursor in a token from `encode_page_token` for the same listing and scope."""
-    refusal = InvalidArgument(
-        "page_token",
-        f"is not a page token from {listing.value} for these request parameters; pass the "
-        "next_page_token of the previous page unchanged, or none for the first page",
-    )
-    if len(token) > PAGE_TOKEN_MAX:
-        raise refusal
-    try:
-        body = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, UnicodeDecodeError, ValueError) as error:
-        raise refusal from error
-    if not isinstance(body, dict) or body.get("l") != listing.value or body.get("q") != _scope_digest(listing, scope):
-        raise refusal
-    rank, key = body.get("r"), body.get("k")
-    # The token is opaque but not sealed: its values are checked before they reach a query.
-    if not isinstance(rank, int) or isinstance(rank, bool) or not isinstance(key, str):
-        raise refusal
-    low, high = RANK_OF_VERSION if listing.ordered_by_version else RANK_OF_TIME
-    key_ok = key == "" if listing.ordered_by_version else bool(CANONICAL_UUID.match(key))
-    if not low <= rank <= high or not key_ok:
-        raise refusal
-    return Cursor(rank, key)
-
-
-def _scope_digest(listing: Listing, scope: Sequence[str]) -> str:
-    return hashlib.sha256("\x1f".join([listing.value, *scope]).encode()).hexdigest()[:16]
-
-
-def page_of(
-    rows: Sequence[T], request: PageRequest, listing: Listing, scope: Sequence[str], cursor_of: Callable[[T], Cursor]
-) -> Page[T]:
-    """A page from up to size + 1 rows read in order: the extra row only says another page exists."""
-    items = list(rows[: request.size])
-    if len(rows) <= request.size:
-        return Page(items, "")
-    return Page(items, encode_page_token(listing, scope, cursor_of(items[-1])))
+    def accepts(self, cursor: Cursor) -> bool:
+        if self.ordered_by_version:
+            return RANK_OF_VERSION[0] <= cursor.rank <= RANK_OF_VERSION[1] and cursor.key == ""
+        return is_time_and_id(cursor)

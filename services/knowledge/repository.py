@@ -37,9 +37,9 @@ from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.kit.db import HotReads
+from services.kit.pagination import Cursor
 from services.knowledge.domain import (
     TAG_LENGTH,
-    Cursor,
     Document,
     DocumentVersion,
     Membership,

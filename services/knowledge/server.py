@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from services.kit.auth import current_principal
+from services.kit.protos import timestamp
 from services.knowledge.domain import Document, DocumentVersion, Membership, Role, Space
 from services.knowledge.service import KnowledgeService
 
 SERVICE_NAME = "knowledge.v1.KnowledgeService"
 # Service-to-service checks: callers forward a user's token when they have one, but need none.
 PUBLIC_METHODS = frozenset(f"/{SERVICE_NAME}/{name}" for name in ("CheckAccess", "ListAccessibleSpaces"))
-
-
-def timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def role_message(role: Role | None) -> knowledge_pb2.Role.ValueType:

@@ -22,13 +22,12 @@ from services.kit.errors import AlreadyExists, NotFound
 from services.kit.events import EventEnvelope, new_envelope
 from services.kit.ids import parse_id
 from services.kit.outbox import record_event
+from services.kit.pagination import Cursor, Page, page_of, page_request
 from services.knowledge.domain import (
-    Cursor,
     Document,
     DocumentVersion,
     Listing,
     Membership,
-    Page,
     Role,
     Space,
     check_current_version,
@@ -45,8 +44,6 @@ from services.knowledge.domain import (
     new_space,
     next_version,
     not_a_member,
-    page_of,
-    page_request,
     require_role,
     role_to_grant,
     snapshot,

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from services.api.vector.v1 import vector_pb2, vector_pb2_grpc
 from services.kit.auth import current_principal
+from services.kit.protos import timestamp
 from services.vector.service import VectorService
 
 SERVICE_NAME = "vector.v1.VectorService"
@@ -53,8 +52,6 @@ class VectorServer(vector_pb2_grpc.VectorServiceServicer):
             dimensions=self.dimensions,
         )
         if stats.last_indexed_at is not None:
-            at = Timestamp()
-            at.FromDatetime(stats.last_indexed_at)
-            response.last_indexed_at.CopyFrom(at)
+            response.last_indexed_at.CopyFrom(timestamp(stats.last_indexed_at))
         del freshness  # reported by the benchmarks and spans, not part of the contract
         return response

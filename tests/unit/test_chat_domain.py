@@ -14,31 +14,33 @@ from services.chat.domain import (
     ANSWER_MAX,
     CITATIONS_MAX,
     DELTA_MAX,
-    PAGE_SIZE_DEFAULT,
     SNIPPET_MAX,
     AnswerDelta,
     AnswerDraft,
     Citation,
-    Cursor,
     InvalidAnswer,
     Listing,
-    PageRequest,
     cited_document_ids,
-    decode_page_token,
-    encode_page_token,
     message_time,
     new_conversation,
     no_such_conversation,
     normalize_question,
     normalize_space_ids,
     normalize_title,
-    page_of,
-    page_request,
     spaces_to_search,
     split_delta,
 )
 from services.kit.errors import InvalidArgument, NotFound
 from services.kit.ids import parse_id
+from services.kit.pagination import (
+    PAGE_SIZE_DEFAULT,
+    Cursor,
+    PageRequest,
+    decode_page_token,
+    encode_page_token,
+    page_of,
+    page_request,
+)
 
 NOW = datetime(2025, 7, 26, 12, 0, tzinfo=UTC)
 SPACE_A = "0a1b2c3d-0000-4000-8000-00000000000a"

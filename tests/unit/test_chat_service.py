@@ -23,7 +23,6 @@ from services.chat.domain import (
     AskUpdate,
     Citation,
     Conversation,
-    Cursor,
     Message,
     MessageRole,
     RetrievedChunk,
@@ -33,6 +32,7 @@ from services.chat.service import SEARCH_TOP_K, ChatService
 from services.kit.db import SessionFactory
 from services.kit.errors import NotFound, PermissionDenied, Unavailable
 from services.kit.events import EventEnvelope
+from services.kit.pagination import Cursor
 
 OWNER = "00000000-0000-4000-8000-0000000000a1"
 STRANGER = "00000000-0000-4000-8000-0000000000b2"

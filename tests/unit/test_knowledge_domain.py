@@ -12,14 +12,20 @@ import pytest
 
 from services.kit.errors import Conflict, FailedPrecondition, InvalidArgument, PermissionDenied
 from services.kit.ids import parse_id
-from services.knowledge.domain import (
-    CONTENT_MAX_BYTES,
+from services.kit.pagination import (
     PAGE_SIZE_DEFAULT,
     Cursor,
+    PageRequest,
+    decode_page_token,
+    encode_page_token,
+    page_of,
+    page_request,
+)
+from services.knowledge.domain import (
+    CONTENT_MAX_BYTES,
     Document,
     DocumentChanges,
     Listing,
-    PageRequest,
     Role,
     check_content,
     check_current_version,
@@ -27,10 +33,8 @@ from services.knowledge.domain import (
     check_may_remove,
     check_space_keeps_an_owner,
     creation_time,
-    decode_page_token,
     document_changes,
     document_draft,
-    encode_page_token,
     has_access,
     lowest_role,
     new_document,
@@ -40,8 +44,6 @@ from services.knowledge.domain import (
     normalize_space_name,
     normalize_tags,
     normalize_title,
-    page_of,
-    page_request,
     require_role,
     role_to_grant,
     snapshot,
