@@ -21,9 +21,6 @@ from services.auth.service import AuthService, KeySettings
 from services.kit import app
 from services.kit.auth import TokenVerifier
 from services.kit.db import SessionFactory, create_engine, session_factory
-from services.kit.kafka import EventProducer, new_producer
-from services.kit.migrations import upgrade_to_head
-from services.kit.outbox import OutboxRelay
 from services.kit.server import ServiceSpec
 from services.kit.settings import ServiceSettings
 
@@ -80,17 +77,10 @@ def build_service(
 
 
 async def build(settings: AuthSettings, resources: AsyncExitStack) -> app.Application:
-    dsn = settings.database_dsn("auth")
-    await upgrade_to_head(MIGRATIONS, dsn)
-    engine = create_engine(dsn)
-    resources.push_async_callback(engine.dispose)
-    sessions = session_factory(engine)
+    store = await app.open_store(settings, "auth", MIGRATIONS, resources)
+    sessions, relay = store.sessions, store.relay
     redis = aioredis.Redis.from_url(settings.redis_url)
     resources.push_async_callback(redis.aclose)
-    kafka = new_producer(settings.kafka_bootstrap, client_id="auth")
-    await kafka.start()
-    resources.push_async_callback(kafka.stop)
-    relay = OutboxRelay(sessions, EventProducer(kafka))
 
     service = build_service(settings, sessions, redis, relay.wake)
     await service.refresh_keys()

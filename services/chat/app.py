@@ -19,10 +19,6 @@ from services.chat.service import ChatService
 from services.chat.websocket import WS_PATH, ChatWebSocketEndpoint, open_server
 from services.kit import app
 from services.kit.clients import service_channel
-from services.kit.db import create_engine, session_factory
-from services.kit.kafka import EventProducer, new_producer
-from services.kit.migrations import upgrade_to_head
-from services.kit.outbox import OutboxRelay
 from services.kit.server import ServiceSpec
 from services.kit.settings import ServiceSettings
 
@@ -39,15 +35,8 @@ class ChatSettings(ServiceSettings):
 
 
 async def build(settings: ChatSettings, resources: AsyncExitStack) -> app.Application:
-    dsn = settings.database_dsn("chat")
-    await upgrade_to_head(MIGRATIONS, dsn)
-    engine = create_engine(dsn)
-    resources.push_async_callback(engine.dispose)
-    sessions = session_factory(engine)
-    kafka = new_producer(settings.kafka_bootstrap, client_id="chat")
-    await kafka.start()
-    resources.push_async_callback(kafka.stop)
-    relay = OutboxRelay(sessions, EventProducer(kafka))
+    store = await app.open_store(settings, "chat", MIGRATIONS, resources)
+    sessions, relay = store.sessions, store.relay
 
     # Peers are called as the caller: these channels forward the caller's token and deadline.
     knowledge = service_channel(settings.knowledge_grpc_target)

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import uvloop
@@ -21,6 +22,10 @@ import uvloop
 from services.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.kit.auth import RefreshingKeys, TokenVerifier
 from services.kit.clients import service_channel
+from services.kit.db import SessionFactory, create_engine, session_factory
+from services.kit.kafka import EventProducer, new_producer
+from services.kit.migrations import upgrade_to_head
+from services.kit.outbox import OutboxRelay
 from services.kit.server import ServiceSpec, build_server, serve
 from services.kit.settings import ServiceSettings
 from services.kit.telemetry import TelemetrySettings, setup_telemetry, shutdown_telemetry
@@ -87,6 +92,31 @@ async def supervised(loop: Loop) -> None:
         except Exception:
             log.exception("background loop %s failed; restarting in 1 s", getattr(loop, "__qualname__", loop))
             await asyncio.sleep(1.0)
+
+
+@dataclass
+class Store:
+    """A service's PostgreSQL database, migrated, with its outbox relay to Kafka."""
+
+    dsn: str
+    sessions: SessionFactory
+    producer: EventProducer
+    relay: OutboxRelay
+
+
+async def open_store(settings: ServiceSettings, database: str, migrations: Path, resources: AsyncExitStack) -> Store:
+    """Migrate the database to head, open it, and start a Kafka producer for its outbox relay
+    (run `store.relay.run` as a background loop); everything closes with `resources`."""
+    dsn = settings.database_dsn(database)
+    await upgrade_to_head(migrations, dsn)
+    engine = create_engine(dsn)
+    resources.push_async_callback(engine.dispose)
+    kafka = new_producer(settings.kafka_bootstrap, client_id=settings.service_name)
+    await kafka.start()
+    resources.push_async_callback(kafka.stop)
+    sessions = session_factory(engine)
+    producer = EventProducer(kafka)
+    return Store(dsn, sessions, producer, OutboxRelay(sessions, producer))
 
 
 def platform_verifier(settings: ServiceSettings) -> TokenVerifier:

@@ -7,10 +7,7 @@ from pathlib import Path
 
 from services.api.knowledge.v1 import knowledge_pb2_grpc
 from services.kit import app
-from services.kit.db import HotReads, create_engine, session_factory
-from services.kit.kafka import EventProducer, new_producer
-from services.kit.migrations import upgrade_to_head
-from services.kit.outbox import OutboxRelay
+from services.kit.db import HotReads
 from services.kit.server import ServiceSpec
 from services.kit.settings import ServiceSettings
 from services.knowledge import VERSION
@@ -27,17 +24,10 @@ class KnowledgeSettings(ServiceSettings):
 
 
 async def build(settings: KnowledgeSettings, resources: AsyncExitStack) -> app.Application:
-    dsn = settings.database_dsn("knowledge")
-    await upgrade_to_head(MIGRATIONS, dsn)
-    engine = create_engine(dsn)
-    resources.push_async_callback(engine.dispose)
-    sessions = session_factory(engine)
-    kafka = new_producer(settings.kafka_bootstrap, client_id="knowledge")
-    await kafka.start()
-    resources.push_async_callback(kafka.stop)
-    relay = OutboxRelay(sessions, EventProducer(kafka))
+    store = await app.open_store(settings, "knowledge", MIGRATIONS, resources)
+    sessions, relay = store.sessions, store.relay
 
-    reads = await HotReads.open(dsn)
+    reads = await HotReads.open(store.dsn)
     resources.push_async_callback(reads.close)
     service = KnowledgeService(sessions=sessions, repository=KnowledgeRepository(), reads=reads, on_commit=relay.wake)
     spec = ServiceSpec(
