@@ -440,6 +440,8 @@ async def test_get_index_stats_counts_what_was_indexed_and_names_the_model(
     assert stats.dimensions == DIMENSIONS
     assert stats.HasField("last_indexed_at")
     assert_recent(stats.last_indexed_at, began)
+    assert stats.freshness_samples >= len(documents) + len(more), "every indexed version was timed"
+    assert 0 < stats.freshness_p50_ms <= stats.freshness_p99_ms
 
     stranger = await sign_up(setup_transport, "stranger")
     again = expect_ok(

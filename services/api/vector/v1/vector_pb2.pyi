@@ -204,6 +204,9 @@ class GetIndexStatsResponse(_message.Message):
     EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
     DIMENSIONS_FIELD_NUMBER: _builtins.int
     LAST_INDEXED_AT_FIELD_NUMBER: _builtins.int
+    FRESHNESS_P50_MS_FIELD_NUMBER: _builtins.int
+    FRESHNESS_P99_MS_FIELD_NUMBER: _builtins.int
+    FRESHNESS_SAMPLES_FIELD_NUMBER: _builtins.int
     chunk_count: _builtins.int
     """Number of chunks in the index; ≥ 0."""
     document_count: _builtins.int
@@ -216,6 +219,14 @@ class GetIndexStatsResponse(_message.Message):
     """
     dimensions: _builtins.int
     """Length of each embedding vector; ≥ 1."""
+    freshness_p50_ms: _builtins.float
+    """Freshness of the index: milliseconds from a document version's commit in the knowledge
+    service to its chunks being searchable, over the last (up to) 10,000 versions indexed by
+    this process; 0 when none yet. Median and 99th percentile.
+    """
+    freshness_p99_ms: _builtins.float
+    freshness_samples: _builtins.int
+    """How many indexed versions the two figures above cover; ≥ 0."""
     @_builtins.property
     def last_indexed_at(self) -> _timestamp_pb2.Timestamp:
         """When a chunk was last written to the index; unset if the index is empty."""
@@ -229,10 +240,13 @@ class GetIndexStatsResponse(_message.Message):
         embedding_model: _builtins.str = ...,
         dimensions: _builtins.int = ...,
         last_indexed_at: _timestamp_pb2.Timestamp | None = ...,
+        freshness_p50_ms: _builtins.float = ...,
+        freshness_p99_ms: _builtins.float = ...,
+        freshness_samples: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_indexed_at", b"last_indexed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "dimensions", b"dimensions", "document_count", b"document_count", "embedding_model", b"embedding_model", "last_indexed_at", b"last_indexed_at", "space_count", b"space_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "dimensions", b"dimensions", "document_count", b"document_count", "embedding_model", b"embedding_model", "freshness_p50_ms", b"freshness_p50_ms", "freshness_p99_ms", b"freshness_p99_ms", "freshness_samples", b"freshness_samples", "last_indexed_at", b"last_indexed_at", "space_count", b"space_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
