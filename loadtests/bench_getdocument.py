@@ -35,6 +35,9 @@ from simulations.platform import PLATFORM
 
 PORT_OFFSET = 800
 ECHO_METHOD = "/bench.Echo/Echo"
+ECHO = "echo (bare grpcio)"
+DIRECT = "GetDocument direct gRPC"
+TARGET_RATIO = 0.40
 DOCUMENT_CONTENT = "A paragraph of a knowledge document, repeated to a realistic size. " * 30  # ~2 KB
 
 Call = Callable[[], Awaitable[object]]
@@ -124,8 +127,8 @@ async def run(seconds: float, concurrency: int, rounds: int, sample_ratio: str) 
                 return await response.read()
 
         targets: dict[str, Call] = {
-            "echo (bare grpcio)": lambda: echo_call(request_bytes, metadata=metadata),
-            "GetDocument direct gRPC": lambda: direct.GetDocument(request, metadata=metadata),
+            ECHO: lambda: echo_call(request_bytes, metadata=metadata),
+            DIRECT: lambda: direct.GetDocument(request, metadata=metadata),
             "GetDocument Envoy gRPC": lambda: via_envoy.GetDocument(request, metadata=metadata),
             "GetDocument Envoy JSON": json_call,
         }
@@ -151,24 +154,26 @@ async def run(seconds: float, concurrency: int, rounds: int, sample_ratio: str) 
 
 
 def print_results(results: dict[str, list[Result]], concurrency: int, rounds: int, size: int) -> None:
-    medians = {
-        name: Result(*(statistics.median(getattr(r, f) for r in runs) for f in ("rate", "p50_ms", "p99_ms")))
-        for name, runs in results.items()
-    }
-    baseline = medians["echo (bare grpcio)"].rate
+    """Medians over rounds; "vs echo" pairs each round with the echo run next to it (same
+    machine state), and the median of those ratios is what the target is judged on."""
+    echo_runs = results[ECHO]
     print(
         f"GetDocument vs a bare grpcio echo ({size}-byte responses, {concurrency} in flight, "
         f"median of {rounds} rounds):"
     )
-    print(f"  {'target':<26} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs echo':>8}")
-    for name, result in medians.items():
-        print(
-            f"  {name:<26} {result.rate:>8,.0f} {result.p50_ms:>8.2f} {result.p99_ms:>8.2f} "
-            f"{result.rate / baseline:>7.0%}"
+    print(f"  {'target':<26} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs echo':>8}  (per round)")
+    for name, runs in results.items():
+        ratios = [run.rate / echo.rate for run, echo in zip(runs, echo_runs, strict=True)]
+        rate, p50, p99 = (
+            statistics.median(getattr(run, field) for run in runs) for field in ("rate", "p50_ms", "p99_ms")
         )
-    ratio = medians["GetDocument direct gRPC"].rate / baseline
-    verdict = "meets" if ratio >= 0.4 else "MISSES"
-    print(f"  direct GetDocument runs at {ratio:.0%} of the echo baseline: {verdict} the 40% target")
+        print(
+            f"  {name:<26} {rate:>8,.0f} {p50:>8.2f} {p99:>8.2f} {statistics.median(ratios):>7.0%}  "
+            f"({', '.join(f'{ratio:.0%}' for ratio in ratios)})"
+        )
+    ratio = statistics.median(run.rate / echo.rate for run, echo in zip(results[DIRECT], echo_runs, strict=True))
+    verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
+    print(f"  direct GetDocument runs at {ratio:.0%} of the echo baseline: {verdict} the {TARGET_RATIO:.0%} target")
 
 
 def print_breakdown(store: TraceStore, window_s: int, sample_ratio: str) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 def alembic_config(script_location: Path, dsn: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(script_location))
-    config.set_main_option("sqlalchemy.url", dsn)
+    config.set_main_option("sqlalchemy.url", dsn.replace("%", "%%"))  # configparser interpolation
     return config
 
 

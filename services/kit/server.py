@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import logging
 import signal
 import time
@@ -249,10 +248,15 @@ async def checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 def wrap_handler(handler: Handler, enter: Enter) -> Handler:
     """The same handler, run inside a CallScope, for each of the four RPC shapes. (grpc.aio
-    tells coroutines and async generators apart by inspecting the callable: partials of
-    `run_unary` / `run_streaming` keep that visible, lambdas would hide it.)"""
+    tells coroutines and async generators apart by inspecting the callable on every call: plain
+    `async def` closures keep that visible and cheap.)"""
+    behavior: Any = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
 
-    async def run_unary(behavior: Any, request: Any, context: Context) -> Any:
+    def checked(request: Any) -> Any:
+        """Request streams are checked message by message as the handler reads them."""
+        return checked_stream(request) if handler.request_streaming else request
+
+    async def run_unary(request: Any, context: Context) -> Any:
         scope = await enter(context)
         try:
             if isinstance(request, MalformedRequest):
@@ -269,7 +273,7 @@ def wrap_handler(handler: Handler, enter: Enter) -> Handler:
         finally:
             scope.close()
 
-    async def run_streaming(behavior: Any, request: Any, context: Context) -> AsyncIterator[Any]:
+    async def run_streaming(request: Any, context: Context) -> AsyncIterator[Any]:
         scope = await enter(context)
         try:
             if isinstance(request, MalformedRequest):
@@ -287,37 +291,15 @@ def wrap_handler(handler: Handler, enter: Enter) -> Handler:
         finally:
             scope.close()
 
-    def checked(request: Any) -> Any:
-        """Request streams are checked message by message as the handler reads them."""
-        streaming = handler.request_streaming
-        return checked_stream(request) if streaming else request
-
-    deserializer = tolerant(handler.request_deserializer)
-    if handler.unary_unary:
-        inner_uu = handler.unary_unary
-        return grpc.unary_unary_rpc_method_handler(
-            functools.partial(run_unary, inner_uu),
-            request_deserializer=deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream:
-        inner_us = handler.unary_stream
-        return grpc.unary_stream_rpc_method_handler(
-            functools.partial(run_streaming, inner_us),
-            request_deserializer=deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.stream_unary:
-        inner_su = handler.stream_unary
-        return grpc.stream_unary_rpc_method_handler(
-            functools.partial(run_unary, inner_su),
-            request_deserializer=deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    inner_ss = handler.stream_stream
-    return grpc.stream_stream_rpc_method_handler(
-        functools.partial(run_streaming, inner_ss),
-        request_deserializer=deserializer,
+    shape = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return shape(
+        run_streaming if handler.response_streaming else run_unary,
+        request_deserializer=tolerant(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
 

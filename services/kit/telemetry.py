@@ -132,6 +132,13 @@ def shutdown_telemetry() -> None:
         _provider.shutdown()
 
 
+def in_unsampled_trace() -> bool:
+    """True inside a call whose trace is not being recorded: under the ParentBased sampler its
+    children are never recorded either, so hot paths can skip building them."""
+    span = trace.get_current_span()
+    return span.get_span_context().is_valid and not span.is_recording()
+
+
 def current_trace_id() -> str:
     context = trace.get_current_span().get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else ""

@@ -8,7 +8,6 @@ given, and a text column could not hold U+0000.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -348,8 +347,8 @@ class KnowledgeRepository:
     ) -> tuple[Role | None, Document | None]:
         """The reader's role in the space and the live document: no row means not a member; a
         row without a document means no such document."""
-        ids = (uuid.UUID(space_id), uuid.UUID(document_id), uuid.UUID(user_id))
-        row = await reads.fetchrow("SELECT readable_document", READABLE_DOCUMENT_SQL, *ids)
+        # Canonical UUID strings (parse_id made them so): asyncpg encodes them as uuid directly.
+        row = await reads.fetchrow("SELECT readable_document", READABLE_DOCUMENT_SQL, space_id, document_id, user_id)
         if row is None:
             return None, None
         return Role(row["reader_role"]), document_of(row) if row["document_id"] is not None else None

@@ -205,7 +205,12 @@ class PostgreSQL(Component):
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.ctx.port('sql')}/{database}"
 
     def endpoints(self) -> dict[str, str]:
-        return {"dsn": f"postgresql://{SUPERUSER}@127.0.0.1:{self.ctx.port('sql')}"}
+        # Services on this machine connect through the Unix socket (socket_dir): the same server,
+        # with less kernel work per query than loopback TCP. Everything else uses the dsn.
+        return {
+            "dsn": f"postgresql://{SUPERUSER}@127.0.0.1:{self.ctx.port('sql')}",
+            "socket_dir": str(self.data_dir),
+        }
 
 
 def chown_tree(root: Path, uid: int, gid: int) -> None:

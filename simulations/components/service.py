@@ -23,6 +23,7 @@ SERVICES: dict[str, type[ServiceComponent]] = {}
 # Store endpoints a service may use → the setting that carries it.
 STORE_SETTINGS = {
     ("postgres", "dsn"): "KP_POSTGRES_DSN",
+    ("postgres", "socket_dir"): "KP_POSTGRES_SOCKET_DIR",
     ("redis", "url"): "KP_REDIS_URL",
     ("kafka", "bootstrap"): "KP_KAFKA_BOOTSTRAP",
     ("dynamodb", "url"): "KP_DYNAMODB_URL",

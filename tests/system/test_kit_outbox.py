@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fixtures.kafka import read_topic
@@ -16,7 +16,7 @@ from services.api.events.v1 import events_pb2
 from services.kit.db import SessionFactory, session_factory, transaction
 from services.kit.events import EventEnvelope, new_envelope, topic_for
 from services.kit.kafka import EventProducer
-from services.kit.outbox import OutboxRelay, outbox, record_event
+from services.kit.outbox import RELAY_LOCK_ID, OutboxRelay, outbox, record_event
 from simulations.endpoints import StackEndpoints
 
 
@@ -119,4 +119,21 @@ async def test_a_failed_publish_leaves_events_pending_for_the_next_pass(
     assert waiting == 1, "the failed pass must not mark the event published"
     assert await relay.publish_pending() == 1
     records = await read_topic(stack.kafka_bootstrap, topic_for(service), expected=2, timeout_s=5)
+    assert [EventEnvelope.FromString(r.value or b"").event_id for r in records] == [envelope.event_id]
+
+
+async def test_a_relay_finding_another_at_work_says_so_and_publishes_once_it_is_done(
+    stack: StackEndpoints, engine: AsyncEngine, producer: EventProducer
+) -> None:
+    sessions = session_factory(engine)
+    service = f"kit-test-{uuid.uuid4().hex[:8]}"
+    envelope = document_event(service, str(uuid.uuid4()), 1)
+    async with transaction(sessions) as session:
+        await record_event(session, envelope)
+    relay = OutboxRelay(sessions, producer)
+    async with transaction(sessions) as other_relay:
+        await other_relay.execute(select(func.pg_advisory_xact_lock(RELAY_LOCK_ID)))
+        assert await relay.publish_pending() is None, "busy is not 'nothing pending'"
+    assert await relay.publish_pending() == 1
+    records = await read_topic(stack.kafka_bootstrap, topic_for(service), expected=1, timeout_s=5)
     assert [EventEnvelope.FromString(r.value or b"").event_id for r in records] == [envelope.event_id]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from services.kit.protos import timestamp
 
 
@@ -24,3 +26,18 @@ def test_each_call_gives_a_new_message() -> None:
     first = timestamp(moment)
     first.seconds += 1
     assert timestamp(moment).seconds == first.seconds - 1
+
+
+def test_a_timestamp_before_1970_is_normalised_like_protobufs_own_conversion() -> None:
+    for moment in (
+        datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=UTC),
+        datetime(1901, 7, 4, 1, 2, 3, 7, tzinfo=UTC),
+    ):
+        reference = Timestamp()
+        reference.FromDatetime(moment)
+        assert timestamp(moment) == reference
+        assert timestamp(moment).nanos >= 0
+
+
+def test_a_naive_datetime_is_taken_as_utc() -> None:
+    assert timestamp(datetime(2026, 3, 1, 12, 0)) == timestamp(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
