@@ -279,28 +279,45 @@ async def check_envoy(stack: StackEndpoints, upstream: str = "otlp") -> str:
 # ------------------------------------------------------------- OTLP → ClickHouse
 
 
-async def check_traces(stack: StackEndpoints) -> str:
-    """Envoy's spans of the calls above are queryable in ClickHouse's otel_traces."""
+async def check_traces(stack: StackEndpoints, timeout_s: float = 10.0) -> str:
+    """A request through Envoy, sampled by its caller, becomes a span queryable in ClickHouse's
+    otel_traces: Envoy exports it over OTLP, the receiver writes it."""
     from observability.clickhouse import connect
+    from observability.traces import TraceStore, span
 
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session,
-        session.post(f"{stack.otlp_http}/flush") as response,
-    ):
-        stats = await response.json()
-    assert stats["flushed"], f"receiver did not flush: {stats}"
+    trace_id = uuid.uuid4().hex
+    traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    authority = f"otlp.{UPSTREAM_DOMAIN}"
+    async with grpc.aio.insecure_channel(stack.envoy_grpc, options=[("grpc.default_authority", authority)]) as channel:
+        await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5, metadata=[("traceparent", traceparent)]
+        )
 
-    def count_envoy_spans() -> int:
+    def envoy_spans() -> int:
         client = connect(stack.clickhouse_url)
         try:
-            rows = client.query("SELECT count() FROM otel.otel_traces WHERE ServiceName = 'envoy'").result_rows
-            return int(rows[0][0])
+            return len(TraceStore(client).trace(trace_id).find(span("envoy")))
         finally:
             client.close()
 
-    spans = await asyncio.to_thread(count_envoy_spans)
-    assert spans > 0, "no Envoy span reached otel.otel_traces"
-    return f"{spans} Envoy spans in otel.otel_traces; receiver wrote {stats['written']}, dropped {stats['dropped']}"
+    began = time.monotonic()  # Envoy exports its finished spans once a second (envoy_config)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        while True:
+            async with session.post(f"{stack.otlp_http}/flush") as response:
+                stats = await response.json()
+            spans = await asyncio.to_thread(envoy_spans)
+            if spans:
+                return (
+                    f"Envoy's {spans} spans of trace {trace_id[:8]}… queryable after "
+                    f"{time.monotonic() - began:.1f} s; receiver wrote {stats['written']}, "
+                    f"dropped {stats['dropped']}"
+                )
+            if time.monotonic() - began > timeout_s:
+                raise AssertionError(
+                    f"no Envoy span of trace {trace_id} reached otel.otel_traces within {timeout_s:.0f} s "
+                    f"(receiver: {stats})"
+                )
+            await asyncio.sleep(0.2)
 
 
 CHECKS: dict[str, Check] = {

@@ -28,6 +28,7 @@ from typing import Any
 
 UPSTREAM_DOMAIN = "platform.local"
 HEALTH_SERVICE = "grpc.health.v1.Health"
+ENVOY_SPAN_FLUSH_MS = 1000
 JWT_PROVIDER = "platform"
 # Where browsers put the token when they cannot set a header (WebSockets).
 TOKEN_QUERY_PARAMETER = "access_token"
@@ -100,7 +101,17 @@ def build_config(settings: EnvoySettings) -> dict[str, Any]:
             "clusters": clusters,
         },
         "layered_runtime": {
-            "layers": [{"name": "static", "static_layer": {"overload": {"global_downstream_max_connections": 10000}}}]
+            "layers": [
+                {
+                    "name": "static",
+                    "static_layer": {
+                        "overload": {"global_downstream_max_connections": 10000},
+                        # Envoy exports spans every 5 s by default (or per 5 finished spans): a
+                        # quiet stack's request would take that long to become queryable.
+                        "tracing": {"opentelemetry": {"flush_interval_ms": ENVOY_SPAN_FLUSH_MS}},
+                    },
+                }
+            ]
         },
     }
 

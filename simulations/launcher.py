@@ -211,7 +211,7 @@ def spawn(name: str, launch: Launch, log_path: Path, *, die_with_parent: bool) -
         def in_child() -> None:
             # Runs after the uid switch, so the death signal survives it (prctl(2)).
             if die_with_parent:
-                _set_parent_death_signal(stop_signal)
+                set_parent_death_signal(stop_signal)
 
         return subprocess.Popen(
             list(launch.argv),
@@ -228,7 +228,8 @@ def spawn(name: str, launch: Launch, log_path: Path, *, die_with_parent: bool) -
         )
 
 
-def _set_parent_death_signal(sig: int) -> None:
+def set_parent_death_signal(sig: int) -> None:
+    """In a child process (preexec_fn): receive `sig` when the parent dies, however it dies."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
