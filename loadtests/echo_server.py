@@ -13,6 +13,8 @@ from typing import Any
 
 import grpc
 
+from simulations.launcher import set_parent_death_signal
+
 
 async def serve(port: int, size: int) -> None:
     response = b"x" * size
@@ -39,6 +41,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--size", type=int, required=True)
     args = parser.parse_args()
+    set_parent_death_signal(signal.SIGTERM)  # the benchmark that started us may be killed outright
     asyncio.run(serve(args.port, args.size))
 
 

@@ -10,7 +10,10 @@ flushing spans last.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -69,6 +72,7 @@ async def run(build: Build[SettingsT], settings: SettingsT, version: str) -> Non
         async with AsyncExitStack() as resources:
             app = await build(settings, resources)
             built = await build_server(app.spec, app.verifier, settings.grpc_host, settings.grpc_port)
+            keep_helper_threads_from_preempting_the_loop()
             loops = [asyncio.create_task(supervised(loop)) for loop in app.background]
             try:
                 await serve(built, settings.shutdown_grace_s)
@@ -78,6 +82,22 @@ async def run(build: Build[SettingsT], settings: SettingsT, version: str) -> Non
                 await asyncio.gather(*loops, return_exceptions=True)
     finally:
         shutdown_telemetry()
+
+
+def keep_helper_threads_from_preempting_the_loop() -> None:
+    """Make every thread but the event loop's SCHED_BATCH (Linux).
+
+    gRPC's helper threads (its completion-queue poller, EventEngine workers) wake several times
+    per RPC. As ordinary threads each wakeup may preempt the event loop's thread, which then has
+    to win the GIL back: on 2 cores that churn was ~9% of a GetDocument's CPU. SCHED_BATCH only
+    turns off wakeup preemption for them; threads they start later inherit it."""
+    if not hasattr(os, "SCHED_BATCH"):
+        return
+    loop_thread = threading.get_native_id()
+    for thread_id in (int(name) for name in os.listdir("/proc/self/task")):
+        if thread_id != loop_thread:
+            with contextlib.suppress(OSError):  # a thread that just ended; a sandbox refusing
+                os.sched_setscheduler(thread_id, os.SCHED_BATCH, os.sched_param(0))
 
 
 async def supervised(loop: Loop) -> None:
