@@ -98,6 +98,12 @@ class IndexStats:
     """When the most recently written document still indexed was written; None when empty."""
 
 
+def unix_now() -> float:
+    """Now as Unix time, to the microsecond: what a datetime holds, so a time read back from the
+    index's storage gives the same datetime as the one kept in memory."""
+    return round(time.time(), 6)
+
+
 @dataclass(frozen=True, slots=True)
 class DocumentRecord:
     """What the index knows about one document: its version, and whether that version deleted it."""
@@ -273,7 +279,7 @@ class _VersionedIndex(ABC):
             record = await self._get_record(document_id)
             if not upsert_applies(record, version):
                 return False
-            new = DocumentRecord(document_id, space_id, version, False, len(chunks), time.time())
+            new = DocumentRecord(document_id, space_id, version, False, len(chunks), unix_now())
             await self._replace_chunks(record, new, chunks)
             await self._put_records([new])
             self._record_changed(record, new)
@@ -287,7 +293,7 @@ class _VersionedIndex(ABC):
                 return False
             if record is not None and record.chunk_count:
                 await self._remove_document_chunks(record)
-            tombstone = DocumentRecord(document_id, space_id, version, True, 0, time.time())
+            tombstone = DocumentRecord(document_id, space_id, version, True, 0, unix_now())
             await self._put_records([tombstone])
             self._record_changed(record, tombstone)
             return True
@@ -296,7 +302,7 @@ class _VersionedIndex(ABC):
         async with self._write_lock:
             records = [r for r in await self._space_records(space_id) if r.live]
             await self._remove_space_chunks(space_id)
-            now = time.time()
+            now = unix_now()
             tombstones = [DocumentRecord(r.document_id, r.space_id, r.version, True, 0, now) for r in records]
             await self._put_records(tombstones)
             for old, new in zip(records, tombstones, strict=True):
