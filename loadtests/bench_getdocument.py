@@ -79,7 +79,8 @@ def cpu_seconds(groups: Mapping[str, Sequence[psutil.Process]]) -> dict[str, flo
     return spent
 
 
-def machine_busy_seconds() -> tuple[float, float]:
+def machine_idle_and_total_seconds() -> tuple[float, float]:
+    """CPU time of all cores since boot: idle (waiting counts as idle), and in all."""
     times = psutil.cpu_times()
     return times.idle + getattr(times, "iowait", 0.0), sum(times)
 
@@ -89,10 +90,10 @@ async def drive(target: Target, processes: Processes, seconds: float, concurrenc
     call = target.call
     for _ in range(100):
         await call()  # warm-up: connections, caches, JIT-free but still
+    groups = processes()  # after the warm-up, so new database connections are counted
+    cpu_before, (idle_before, total_before) = cpu_seconds(groups), machine_idle_and_total_seconds()
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
-    groups = processes()  # after the warm-up, so new database connections are counted
-    cpu_before, (idle_before, total_before) = cpu_seconds(groups), machine_busy_seconds()
 
     async def caller() -> None:
         while time.perf_counter() < deadline:
@@ -103,7 +104,7 @@ async def drive(target: Target, processes: Processes, seconds: float, concurrenc
     began = time.perf_counter()
     await asyncio.gather(*(caller() for _ in range(concurrency)))
     elapsed = time.perf_counter() - began
-    cpu_after, (idle_after, total_after) = cpu_seconds(groups), machine_busy_seconds()
+    cpu_after, (idle_after, total_after) = cpu_seconds(groups), machine_idle_and_total_seconds()
     return Result(
         len(latencies) / elapsed,
         statistics.median(latencies),
@@ -158,7 +159,7 @@ async def run(seconds: float, concurrency: int, rounds: int, sample_ratio: str) 
         via_envoy = knowledge_pb2_grpc.KnowledgeServiceStub(envoy_channel)
         response_size = len((await direct.GetDocument(request, metadata=metadata)).SerializeToString())
 
-        echo_port = 51950 + PORT_OFFSET
+        echo_port = 15950 + PORT_OFFSET
         echo = await start_echo(echo_port, b"x" * response_size)
         echo_channel = grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}")
         echo_call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = echo_channel.unary_unary(ECHO_METHOD)

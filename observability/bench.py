@@ -200,7 +200,7 @@ async def bench_overhead(seconds: float, concurrency: int, rounds: int) -> None:
 
 
 async def measure_server(mode: str, otlp: str, seconds: float, concurrency: int) -> tuple[float, float]:
-    port = 51900 + BENCH_PORT_OFFSET
+    port = 15900 + BENCH_PORT_OFFSET
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -30,7 +30,7 @@ log = logging.getLogger("services.auth")
 
 class AuthSettings(ServiceSettings):
     service_name: str = "auth"
-    grpc_port: int = 50051
+    grpc_port: int = 15051
     access_token_ttl_s: int = 900
     refresh_token_ttl_s: int = 30 * 24 * 3600
     # Login throttling: failed logins per account and per client address, per rolling window.

@@ -28,10 +28,10 @@ log = logging.getLogger("services.chat")
 
 class ChatSettings(ServiceSettings):
     service_name: str = "chat"
-    grpc_port: int = 50054
+    grpc_port: int = 15054
     # The WebSocket endpoint (/v1/chat/ws) listens on grpc_host at this port.
-    ws_port: int = 50064
-    vector_grpc_target: str = "127.0.0.1:50053"
+    ws_port: int = 15064
+    vector_grpc_target: str = "127.0.0.1:15053"
 
 
 async def build(settings: ChatSettings, resources: AsyncExitStack) -> app.Application:

@@ -43,8 +43,8 @@ class ServiceSettings(BaseSettings):
 
     jwt_issuer: str = JWT_ISSUER
     jwt_audience: str = JWT_AUDIENCE
-    auth_grpc_target: str = "127.0.0.1:50051"
-    knowledge_grpc_target: str = "127.0.0.1:50052"
+    auth_grpc_target: str = "127.0.0.1:15051"
+    knowledge_grpc_target: str = "127.0.0.1:15052"
 
     def database_dsn(self, database: str) -> str:
         """SQLAlchemy async DSN for one of the service's databases."""

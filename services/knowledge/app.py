@@ -20,7 +20,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 class KnowledgeSettings(ServiceSettings):
     service_name: str = "knowledge"
-    grpc_port: int = 50052
+    grpc_port: int = 15052
 
 
 async def build(settings: KnowledgeSettings, resources: AsyncExitStack) -> app.Application:

@@ -31,7 +31,7 @@ PAGE_SIZE = 100
 
 class VectorSettings(ServiceSettings):
     service_name: str = "vector"
-    grpc_port: int = 50053
+    grpc_port: int = 15053
     # Where the embedded index keeps its files (the launcher passes the component's folder).
     data_dir: Path = Path(".run/data/vector")
     # A Qdrant server to use instead of the embedded engine (the Docker path), e.g. http://qdrant:6333.

@@ -93,21 +93,21 @@ def peer_targets(services: Mapping[str, type[ServiceComponent]]) -> dict[str, st
 
 class AuthService(ServiceComponent):
     name = "auth"
-    default_ports = {"grpc": 50051}
+    default_ports = {"grpc": 15051}
     depends_on = ("postgres", "redis", "kafka", "otlp")
     grpc_services = ("auth.v1.AuthService",)
 
 
 class KnowledgeService(ServiceComponent):
     name = "knowledge"
-    default_ports = {"grpc": 50052}
+    default_ports = {"grpc": 15052}
     depends_on = ("postgres", "kafka", "otlp", "auth")
     grpc_services = ("knowledge.v1.KnowledgeService",)
 
 
 class VectorService(ServiceComponent):
     name = "vector"
-    default_ports = {"grpc": 50053}
+    default_ports = {"grpc": 15053}
     depends_on = ("redis", "kafka", "otlp", "auth", "knowledge")
     grpc_services = ("vector.v1.VectorService",)
     start_timeout_s = 120.0  # loads the embedding model
@@ -118,7 +118,7 @@ class ChatService(ServiceComponent):
     `peer_targets`, like every service's."""
 
     name = "chat"
-    default_ports = {"grpc": 50054, "ws": 50064}
+    default_ports = {"grpc": 15054, "ws": 15064}
     depends_on = ("postgres", "kafka", "otlp", "auth", "knowledge", "vector")
     grpc_services = ("chat.v1.ChatService",)
     websocket_path = "/v1/chat/ws"
