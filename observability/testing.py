@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -72,22 +72,30 @@ class TraceCapture:
 
     async def wait_for(self, trace_id: str, expected: tuple[SpanMatch, ...], timeout_s: float) -> TraceTree:
         self.provider.force_flush(timeout_millis=5_000)
-        deadline = time.monotonic() + timeout_s
-        tree = TraceTree([])
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            while True:
-                async with session.post(f"{self.receiver_http}/flush") as response:
-                    await response.read()
-                tree = await asyncio.to_thread(self.store.trace, trace_id)
-                missing = [match for match in expected if not tree.find(match)]
-                if tree.spans and not missing:
-                    return tree
-                if time.monotonic() > deadline:
-                    raise TraceNotComplete(
-                        f"trace {trace_id} still lacks {', '.join(map(str, missing)) or 'any span'} "
-                        f"after {timeout_s:.0f} s:\n{tree.render()}"
-                    )
-                await asyncio.sleep(POLL_INTERVAL_S)
+        return await wait_for_trace(self.store, self.receiver_http, trace_id, expected, timeout_s)
+
+
+async def wait_for_trace(
+    store: TraceStore, receiver_http: str, trace_id: str, expected: Sequence[SpanMatch], timeout_s: float
+) -> TraceTree:
+    """The trace once every expected span is in it: asks the receiver to write what it holds,
+    queries, and repeats; TraceNotComplete with the tree so far after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    tree = TraceTree([])
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        while True:
+            async with session.post(f"{receiver_http}/flush") as response:
+                await response.read()
+            tree = await asyncio.to_thread(store.trace, trace_id)
+            missing = [match for match in expected if not tree.find(match)]
+            if tree.spans and not missing:
+                return tree
+            if time.monotonic() > deadline:
+                raise TraceNotComplete(
+                    f"trace {trace_id} still lacks {', '.join(map(str, missing)) or 'any span'} "
+                    f"after {timeout_s:.0f} s:\n{tree.render()}"
+                )
+            await asyncio.sleep(POLL_INTERVAL_S)
 
 
 # ------------------------------------------------------------- assertions

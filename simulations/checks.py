@@ -281,43 +281,33 @@ async def check_envoy(stack: StackEndpoints, upstream: str = "otlp") -> str:
 
 async def check_traces(stack: StackEndpoints, timeout_s: float = 10.0) -> str:
     """A request through Envoy, sampled by its caller, becomes a span queryable in ClickHouse's
-    otel_traces: Envoy exports it over OTLP, the receiver writes it."""
+    otel_traces: Envoy exports it over OTLP (once a second), the receiver writes it."""
     from observability.clickhouse import connect
+    from observability.testing import wait_for_trace
     from observability.traces import TraceStore, span
 
     trace_id = uuid.uuid4().hex
     traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
     authority = f"otlp.{UPSTREAM_DOMAIN}"
+    began = time.monotonic()
     async with grpc.aio.insecure_channel(stack.envoy_grpc, options=[("grpc.default_authority", authority)]) as channel:
         await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=5, metadata=[("traceparent", traceparent)]
         )
-
-    def envoy_spans() -> int:
-        client = connect(stack.clickhouse_url)
-        try:
-            return len(TraceStore(client).trace(trace_id).find(span("envoy")))
-        finally:
-            client.close()
-
-    began = time.monotonic()  # Envoy exports its finished spans once a second (envoy_config)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
-        while True:
-            async with session.post(f"{stack.otlp_http}/flush") as response:
-                stats = await response.json()
-            spans = await asyncio.to_thread(envoy_spans)
-            if spans:
-                return (
-                    f"Envoy's {spans} spans of trace {trace_id[:8]}… queryable after "
-                    f"{time.monotonic() - began:.1f} s; receiver wrote {stats['written']}, "
-                    f"dropped {stats['dropped']}"
-                )
-            if time.monotonic() - began > timeout_s:
-                raise AssertionError(
-                    f"no Envoy span of trace {trace_id} reached otel.otel_traces within {timeout_s:.0f} s "
-                    f"(receiver: {stats})"
-                )
-            await asyncio.sleep(0.2)
+    client = connect(stack.clickhouse_url)
+    try:
+        tree = await wait_for_trace(TraceStore(client), stack.otlp_http, trace_id, [span("envoy")], timeout_s)
+    finally:
+        client.close()
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+        session.get(f"{stack.otlp_http}/stats") as response,
+    ):
+        stats = await response.json()
+    return (
+        f"Envoy's {len(tree.find(span('envoy')))} spans of trace {trace_id[:8]}… queryable after "
+        f"{time.monotonic() - began:.1f} s; receiver wrote {stats['written']}, dropped {stats['dropped']}"
+    )
 
 
 CHECKS: dict[str, Check] = {
