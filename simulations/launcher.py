@@ -278,8 +278,7 @@ async def terminate(process: subprocess.Popen[bytes], stop_signal: int, grace_s:
 def kill_process_tree(pid: int, stop_signal: int = signal.SIGTERM, grace_s: float = STOP_GRACE_S) -> None:
     """Stop a process we did not spawn in this launcher (found in a state file)."""
     try:
-        process = psutil.Process(pid)
-        tree = [process, *process.children(recursive=True)]
+        tree = process_tree(pid)
     except psutil.NoSuchProcess:
         return
     for member in tree:
@@ -290,6 +289,12 @@ def kill_process_tree(pid: int, stop_signal: int = signal.SIGTERM, grace_s: floa
         with contextlib.suppress(psutil.NoSuchProcess):
             member.kill()
     psutil.wait_procs(alive, timeout=5)
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process and all its descendants (e.g. PostgreSQL's backends)."""
+    process = psutil.Process(pid)
+    return [process, *process.children(recursive=True)]
 
 
 def log_tail(path: Path, lines: int = 8) -> str:

@@ -47,6 +47,15 @@ async def record_then_fail(sessions: SessionFactory, envelope: EventEnvelope) ->
         raise RuntimeError("the change failed, so its event must not exist")
 
 
+async def one_committed_event(sessions: SessionFactory) -> tuple[str, EventEnvelope]:
+    """An event committed to the outbox by a producer of its own (so its own topic)."""
+    service = f"kit-test-{uuid.uuid4().hex[:8]}"
+    envelope = document_event(service, str(uuid.uuid4()), 1)
+    async with transaction(sessions) as session:
+        await record_event(session, envelope)
+    return service, envelope
+
+
 def version_of(envelope: EventEnvelope) -> int:
     return events_pb2.DocumentUpdated.FromString(envelope.payload).version
 
@@ -107,10 +116,7 @@ async def test_a_failed_publish_leaves_events_pending_for_the_next_pass(
     stack: StackEndpoints, engine: AsyncEngine, producer: EventProducer
 ) -> None:
     sessions = session_factory(engine)
-    service = f"kit-test-{uuid.uuid4().hex[:8]}"
-    envelope = document_event(service, str(uuid.uuid4()), 1)
-    async with transaction(sessions) as session:
-        await record_event(session, envelope)
+    service, envelope = await one_committed_event(sessions)
     relay = OutboxRelay(sessions, FailingOnce(producer.producer))
     with pytest.raises(ConnectionError):
         await relay.publish_pending()
@@ -126,10 +132,7 @@ async def test_a_relay_finding_another_at_work_says_so_and_publishes_once_it_is_
     stack: StackEndpoints, engine: AsyncEngine, producer: EventProducer
 ) -> None:
     sessions = session_factory(engine)
-    service = f"kit-test-{uuid.uuid4().hex[:8]}"
-    envelope = document_event(service, str(uuid.uuid4()), 1)
-    async with transaction(sessions) as session:
-        await record_event(session, envelope)
+    service, envelope = await one_committed_event(sessions)
     relay = OutboxRelay(sessions, producer)
     async with transaction(sessions) as other_relay:
         await other_relay.execute(select(func.pg_advisory_xact_lock(RELAY_LOCK_ID)))
