@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from textwrap import shorten
 
 import psutil
 
@@ -160,12 +161,20 @@ class Launcher:
     # ------------------------------------------------------------------ stop
 
     async def stop(self) -> dict[str, float]:
-        """Stop components in reverse start order; returns seconds each took to go away."""
+        """Stop components in reverse start order; returns seconds each took to go away.
+        Every component is stopped even when one fails to; the first failure is raised after."""
         durations: dict[str, float] = {}
+        failures: list[BaseException] = []
         for wave in reversed(self.topology.waves()):
             names = [cls.name for cls in wave if cls.name in self.running]
-            results = await asyncio.gather(*(self._stop_one(name) for name in names))
-            durations.update(zip(names, results, strict=True))
+            results = await asyncio.gather(*(self._stop_one(name) for name in names), return_exceptions=True)
+            for name, result in zip(names, results, strict=True):
+                if isinstance(result, BaseException):
+                    failures.append(result)
+                else:
+                    durations[name] = result
+        if failures:
+            raise failures[0]
         return durations
 
     async def _stop_one(self, name: str) -> float:
@@ -175,6 +184,15 @@ class Launcher:
         await wait_ports_closed(running.ports.values(), timeout_s=STOP_GRACE_S)
         self.run_dir.forget_component(name)
         self.on_change()
+        still_taken = {role: port for role, port in running.ports.items() if port_is_taken(port)}
+        if still_taken:
+            # Said here, where it happens, rather than as a busy port at the next start.
+            role, port = next(iter(still_taken.items()))
+            raise ComponentError(
+                name,
+                f"port {port} ({role}) is still taken after the stop{describe_port_owner(port)}",
+                "stop that process by hand; it was not in the component's process group",
+            )
         return time.monotonic() - began
 
 
@@ -262,7 +280,12 @@ async def wait_until_ready(running: Running, timeout_s: float) -> None:
 
 
 async def terminate(process: subprocess.Popen[bytes], stop_signal: int, grace_s: float = STOP_GRACE_S) -> None:
-    """Ask the process group to stop; kill it when the grace period runs out."""
+    """Ask the process group to stop; kill it when the grace period runs out. Descendants
+    that left the group (a child that called setsid) are killed too."""
+    try:
+        descendants = process_tree(process.pid)[1:]
+    except psutil.NoSuchProcess:
+        descendants = []
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, stop_signal)
     deadline = time.monotonic() + grace_s
@@ -271,6 +294,9 @@ async def terminate(process: subprocess.Popen[bytes], stop_signal: int, grace_s:
     # Whatever is left in the group (children of the server) goes now.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+    for straggler in descendants:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            straggler.kill()
     if process.poll() is None:
         process.wait(timeout=5)
 
@@ -315,15 +341,22 @@ def port_is_listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def check_port_free(component: str, role: str, port: int) -> None:
+def port_is_taken(port: int) -> bool:
+    """Whether a server could not bind the port now. Unlike a connect probe, this creates no
+    connection, so a listener that is not accepting (its backlog full) still counts as taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as candidate:
         # Like the servers themselves: connections in TIME_WAIT do not make a port busy.
         candidate.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             candidate.bind(("127.0.0.1", port))
-            return
         except OSError:
-            pass
+            return True
+        return False
+
+
+def check_port_free(component: str, role: str, port: int) -> None:
+    if not port_is_taken(port):
+        return
     raise ComponentError(
         component,
         f"port {port} ({role}) is already in use{describe_port_owner(port)}",
@@ -338,7 +371,9 @@ def describe_port_owner(port: int) -> str:
             if connection.laddr and connection.laddr.port == port and connection.status == "LISTEN":
                 if connection.pid is None:
                     return ""
-                return f" by {psutil.Process(connection.pid).name()} (pid {connection.pid})"
+                owner = psutil.Process(connection.pid)
+                command = " ".join(owner.cmdline())
+                return f" by {owner.name()} (pid {connection.pid}: {shorten(command, 160, placeholder=' …')})"
     except (psutil.AccessDenied, psutil.NoSuchProcess):
         pass
     return ""
@@ -346,7 +381,7 @@ def describe_port_owner(port: int) -> str:
 
 async def wait_ports_closed(ports: Iterable[int], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while any(port_is_listening(port) for port in ports) and time.monotonic() < deadline:
+    while any(port_is_taken(port) for port in ports) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
 
 

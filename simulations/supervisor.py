@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 
 from simulations.components.base import ComponentError
-from simulations.launcher import Launcher, StartReport, kill_process_tree, port_is_listening
+from simulations.launcher import Launcher, StartReport, kill_process_tree, port_is_taken
 from simulations.rundir import RunDirectory, StackState
 from simulations.topology import Topology
 
@@ -130,8 +130,8 @@ def stop_stack(run_dir: RunDirectory, timeout_s: float = 60.0) -> list[str]:
         if pid_alive(record.pid):
             leftovers.append(f"{record.name}: pid {record.pid} still running")
         for role, port in record.ports.items():
-            if port_is_listening(port):
-                leftovers.append(f"{record.name}: port {port} ({role}) still listening")
+            if port_is_taken(port):
+                leftovers.append(f"{record.name}: port {port} ({role}) still taken")
     return leftovers
 
 

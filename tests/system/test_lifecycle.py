@@ -129,7 +129,7 @@ def test_a_busy_port_fails_fast_naming_component_cause_and_remedy(isolated: Path
         result = cli(isolated, offset, "up", "--detach", "--only", "postgres,redis", timeout_s=60)
     message = result.stdout + result.stderr
     assert result.returncode == 1, message
-    owner = f"{psutil.Process().name()} (pid {os.getpid()})"  # python under xdist, pytest without
+    owner = f"{psutil.Process().name()} (pid {os.getpid()}: "  # python under xdist, pytest without
     assert f"redis: port {16379 + offset} (redis) is already in use by {owner}" in message
     assert "remedy:" in message
     assert "KP_PORT_OFFSET" in message

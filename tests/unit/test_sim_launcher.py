@@ -13,6 +13,7 @@ from typing import ClassVar
 import psutil
 import pytest
 
+import simulations.launcher as launcher_module
 from simulations.components.base import Component, ComponentError, Launch, NotReady
 from simulations.launcher import Launcher, check_port_free, port_is_listening
 from simulations.rundir import RunDirectory
@@ -24,6 +25,14 @@ SERVE = (
     "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
     "s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
     "print('listening', flush=True); time.sleep(30)\n"
+)
+# The same server, but the port may be shared with another socket (SO_REUSEPORT).
+SERVE_SHARED = SERVE.replace("SO_REUSEADDR", "SO_REUSEPORT")
+# A server that starts the real listener in a new session (out of its process group).
+DETACH = (
+    "import subprocess, sys, time\n"
+    "subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2]], start_new_session=True)\n"
+    "time.sleep(30)\n"
 )
 CRASH = (
     "import sys\n"
@@ -58,6 +67,16 @@ class Server(Component):
 class Crasher(Server):
     def launch(self) -> Launch:
         return Launch(argv=[sys.executable, "-c", CRASH])
+
+
+class SharedPortServer(Server):
+    def launch(self) -> Launch:
+        return Launch(argv=[sys.executable, "-c", SERVE_SHARED, str(self.ctx.port("main"))])
+
+
+class Detacher(Server):
+    def launch(self) -> Launch:
+        return Launch(argv=[sys.executable, "-c", DETACH, SERVE, str(self.ctx.port("main"))])
 
 
 class SlowToPrepare(Server):
@@ -173,6 +192,37 @@ async def test_components_start_and_stop(run_dir: RunDirectory, spawned: Spawned
     state = run_dir.read_state()
     assert state is not None
     assert state.components == {}
+
+
+async def test_stop_also_ends_a_child_that_left_the_process_group(run_dir: RunDirectory, spawned: Spawned) -> None:
+    detacher = server("detacher", base=Detacher)
+    launcher = spawned.launcher(Topology([detacher], {}), run_dir)
+    await launcher.start()
+    port = detacher.default_ports["main"]
+    listener = next(c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port and c.pid)
+    assert os.getpgid(listener) != spawned.pids["detacher"]
+    await launcher.stop()
+    assert gone(listener)
+    assert not port_is_listening(port)
+
+
+async def test_stop_names_who_still_holds_a_port(
+    run_dir: RunDirectory, spawned: Spawned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(launcher_module, "STOP_GRACE_S", 0.5)  # how long the stop waits for the port
+    shared = server("shared", base=SharedPortServer)
+    launcher = spawned.launcher(Topology([shared], {}), run_dir)
+    await launcher.start()
+    port = shared.default_ports["main"]
+    with socket.socket() as stranger:
+        stranger.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        stranger.bind(("127.0.0.1", port))
+        stranger.listen()
+        with pytest.raises(ComponentError) as caught:
+            await launcher.stop()
+    assert f"port {port} (main) is still taken after the stop by " in caught.value.cause
+    assert f"(pid {os.getpid()}: " in caught.value.cause
+    assert gone(spawned.pids["shared"])
 
 
 async def test_process_exiting_during_start_up(run_dir: RunDirectory, spawned: Spawned) -> None:
