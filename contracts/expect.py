@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import TypeVar
 
 import grpc
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 
 from contracts.http_rules import http_status_for_grpc_code
-from contracts.transports import JSON_HTTP, Reply
+from contracts.transports import JSON_HTTP, MethodRef, Reply, Transport
+from contracts.values import BAD_TOKENS, forged_token
 
 M = TypeVar("M", bound=Message)
 
@@ -49,3 +53,17 @@ def expect_invalid_field(reply: Reply, field: str) -> None:
     """INVALID_ARGUMENT naming the field, in the message and in a BadRequest detail."""
     expect_error(reply, grpc.StatusCode.INVALID_ARGUMENT, field)
     assert field in bad_request_fields(reply), f"{reply.transport}: no BadRequest violation for {field!r}"
+
+
+async def expect_needs_a_valid_token(transport: Transport, method: MethodRef, request: Message) -> None:
+    """Envoy refuses the call at the edge without a token, with a malformed one and with a forged one."""
+    for token in (*BAD_TOKENS, forged_token()):
+        expect_error(await transport.unary(method, request, token=token), grpc.StatusCode.UNAUTHENTICATED)
+
+
+def assert_canonical_id(value: str) -> None:
+    assert str(uuid.UUID(value)) == value, f"{value!r} is not a lower-case canonical UUID"
+
+
+def assert_recent(stamp: Timestamp) -> None:
+    assert abs(stamp.seconds - time.time()) < 300, f"timestamp {stamp.ToJsonString()} is not set to now"

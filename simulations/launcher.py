@@ -181,10 +181,9 @@ class Launcher:
         running = self.running.pop(name)
         began = time.monotonic()
         await terminate(running.process, running.launch.stop_signal)
-        await wait_ports_closed(running.ports.values(), timeout_s=STOP_GRACE_S)
+        still_taken = await wait_ports_free(running.ports, timeout_s=STOP_GRACE_S)
         self.run_dir.forget_component(name)
         self.on_change()
-        still_taken = {role: port for role, port in running.ports.items() if port_is_taken(port)}
         if still_taken:
             # Said here, where it happens, rather than as a busy port at the next start.
             role, port = next(iter(still_taken.items()))
@@ -355,14 +354,13 @@ def port_is_taken(port: int) -> bool:
 
 
 def check_port_free(component: str, role: str, port: int) -> None:
-    if not port_is_taken(port):
-        return
-    raise ComponentError(
-        component,
-        f"port {port} ({role}) is already in use{describe_port_owner(port)}",
-        f"stop that process (`python -m simulations down` if it is an earlier stack), "
-        f"or move this stack with {PORT_OFFSET_ENV}=100 or {port_override_env(component, role)}=<port>",
-    )
+    if port_is_taken(port):
+        raise ComponentError(
+            component,
+            f"port {port} ({role}) is already in use{describe_port_owner(port)}",
+            f"stop that process (`python -m simulations down` if it is an earlier stack), "
+            f"or move this stack with {PORT_OFFSET_ENV}=100 or {port_override_env(component, role)}=<port>",
+        )
 
 
 def describe_port_owner(port: int) -> str:
@@ -379,10 +377,14 @@ def describe_port_owner(port: int) -> str:
     return ""
 
 
-async def wait_ports_closed(ports: Iterable[int], timeout_s: float) -> None:
+async def wait_ports_free(ports: Mapping[str, int], timeout_s: float) -> dict[str, int]:
+    """Wait until no port of `ports` (by role) is taken; returns those still taken at the deadline."""
     deadline = time.monotonic() + timeout_s
-    while any(port_is_taken(port) for port in ports) and time.monotonic() < deadline:
+    while (taken := {role: port for role, port in ports.items() if port_is_taken(port)}) and (
+        time.monotonic() < deadline
+    ):
         await asyncio.sleep(0.02)
+    return taken
 
 
 @contextlib.asynccontextmanager

@@ -7,11 +7,8 @@ vector service; each test waits until its documents are searchable before asking
 
 from __future__ import annotations
 
-import functools
 import json
 import re
-import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,14 +16,20 @@ from urllib.parse import quote
 
 import grpc
 import pytest
-from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from contracts.expect import expect_error, expect_invalid_field, expect_ok
+from contracts.expect import (
+    assert_canonical_id,
+    assert_recent,
+    expect_error,
+    expect_invalid_field,
+    expect_needs_a_valid_token,
+    expect_ok,
+)
 from contracts.registry import contract
 from contracts.transports import MethodRef, Reply, StreamReply, Transport
+from contracts.values import BAD_TOKENS, MALFORMED_IDS, forged_token, moment, new_id
 from fixtures.accounts import Account, sign_up
 from fixtures.documents import (
     PARKING_RULES,
@@ -41,7 +44,6 @@ from fixtures.documents import (
 )
 from fixtures.events import EventLog
 from fixtures.knowledge import VIEWER, add_member, create_document, create_space
-from fixtures.tokens import TestIssuer
 from services.api.chat.v1 import chat_pb2
 from services.api.events.v1 import events_pb2
 from services.api.knowledge.v1 import knowledge_pb2
@@ -62,40 +64,7 @@ FOUND_NOTHING = "I found nothing about that in your spaces"
 QUOTE = re.compile(r"^> (?P<sentence>.+) \[(?P<number>\d+)\]$")
 REFERENCE = re.compile(r"\[(\d+)\]")
 WS_PATH = "/v1/chat/ws"
-# Not UUIDs in the canonical 36-character form; none is empty, which JSON could not put in a path.
-MALFORMED_IDS = ["not-a-uuid", "123e4567e89b12d3a456426614174000", "123e4567-e89b-12d3-a456-4266141740000"]
 UNRELATED_QUESTION = "What is the recipe for banana bread?"
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
-def assert_canonical_id(value: str) -> None:
-    assert str(uuid.UUID(value)) == value, f"{value!r} is not a lower-case canonical UUID"
-
-
-def assert_recent(stamp: Timestamp) -> None:
-    assert abs(stamp.seconds - time.time()) < 300, f"timestamp {stamp.ToJsonString()} is not set to now"
-
-
-def moment(stamp: Timestamp) -> tuple[int, int]:
-    return stamp.seconds, stamp.nanos
-
-
-@functools.cache
-def forged_token() -> str:
-    """Well-formed, with the platform's issuer and audience, but signed by a key nobody published."""
-    return TestIssuer(kid="not-a-platform-key").token(new_id())
-
-
-BAD_TOKENS = (None, "not-a-jwt")
-
-
-async def expect_needs_a_valid_token(transport: Transport, method: MethodRef, request: Message) -> None:
-    """Envoy refuses the call at the edge without a token, with a malformed one and with a forged one."""
-    for token in (*BAD_TOKENS, forged_token()):
-        expect_error(await transport.unary(method, request, token=token), grpc.StatusCode.UNAUTHENTICATED)
 
 
 @pytest.fixture(scope="session")
@@ -269,6 +238,14 @@ async def question_asked(events: EventLog, answer: Answer) -> tuple[EventEnvelop
     return event, payload
 
 
+def expect_missing_alike(theirs: Reply, their_id: str, nowhere: Reply, missing_id: str) -> None:
+    """Another user's conversation is NOT_FOUND with the same message as one that does not
+    exist: conversation ids cannot be probed."""
+    expect_error(theirs, grpc.StatusCode.NOT_FOUND, f"conversation {their_id} does not exist")
+    expect_error(nowhere, grpc.StatusCode.NOT_FOUND, f"conversation {missing_id} does not exist")
+    assert theirs.details.replace(their_id, "<id>") == nowhere.details.replace(missing_id, "<id>")
+
+
 def citation_fields(citation: chat_pb2.Citation) -> tuple[Any, ...]:
     return (
         citation.document_id,
@@ -434,9 +411,7 @@ async def test_get_conversation_of_another_user_looks_like_a_missing_one(
     missing = new_id()
     theirs = await get_conversation(transport, other, conversation.conversation_id)
     nowhere = await get_conversation(transport, owner, missing)
-    expect_error(theirs, grpc.StatusCode.NOT_FOUND, f"conversation {conversation.conversation_id} does not exist")
-    expect_error(nowhere, grpc.StatusCode.NOT_FOUND, f"conversation {missing} does not exist")
-    assert theirs.details.replace(conversation.conversation_id, "<id>") == nowhere.details.replace(missing, "<id>")
+    expect_missing_alike(theirs, conversation.conversation_id, nowhere, missing)
 
 
 # ------------------------------------------------------- ListConversations
@@ -710,9 +685,7 @@ async def test_ask_in_another_user_s_conversation_looks_like_a_missing_one(
 
     theirs = as_reply(await ask(transport, other, conversation.conversation_id, "How do I reset my password?"))
     nowhere = as_reply(await ask(transport, owner, missing, "How do I reset my password?"))
-    expect_error(theirs, grpc.StatusCode.NOT_FOUND, f"conversation {conversation.conversation_id} does not exist")
-    expect_error(nowhere, grpc.StatusCode.NOT_FOUND, f"conversation {missing} does not exist")
-    assert theirs.details.replace(conversation.conversation_id, "<id>") == nowhere.details.replace(missing, "<id>")
+    expect_missing_alike(theirs, conversation.conversation_id, nowhere, missing)
     assert await all_messages(setup_transport, owner, conversation.conversation_id) == [], "nothing was stored"
 
 
@@ -866,9 +839,7 @@ async def test_list_messages_of_another_user_s_conversation_looks_like_a_missing
     missing = new_id()
     theirs = await list_messages(transport, other, conversation.conversation_id)
     nowhere = await list_messages(transport, owner, missing)
-    expect_error(theirs, grpc.StatusCode.NOT_FOUND, f"conversation {conversation.conversation_id} does not exist")
-    expect_error(nowhere, grpc.StatusCode.NOT_FOUND, f"conversation {missing} does not exist")
-    assert theirs.details.replace(conversation.conversation_id, "<id>") == nowhere.details.replace(missing, "<id>")
+    expect_missing_alike(theirs, conversation.conversation_id, nowhere, missing)
 
 
 # ---------------------------------------------------------- the WebSocket

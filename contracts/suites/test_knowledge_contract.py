@@ -5,20 +5,24 @@ the edge."""
 
 from __future__ import annotations
 
-import functools
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from contracts.expect import expect_error, expect_invalid_field, expect_ok
+from contracts.expect import (
+    assert_canonical_id,
+    assert_recent,
+    expect_error,
+    expect_invalid_field,
+    expect_needs_a_valid_token,
+    expect_ok,
+)
 from contracts.registry import contract
 from contracts.transports import JSON_HTTP, MethodRef, NativeGrpc, Reply, Transport
+from contracts.values import MALFORMED_IDS, moment, new_id
 from fixtures.accounts import Account, sign_up
 from fixtures.events import EventLog
 from fixtures.knowledge import (
@@ -32,7 +36,6 @@ from fixtures.knowledge import (
     new_team,
     update_document,
 )
-from fixtures.tokens import TestIssuer
 from services.api.events.v1 import events_pb2
 from services.api.knowledge.v1 import knowledge_pb2
 from services.kit.events import EventEnvelope
@@ -57,24 +60,6 @@ LIST_ACCESSIBLE_SPACES = MethodRef.of("knowledge.v1.KnowledgeService/ListAccessi
 
 UNSPECIFIED = knowledge_pb2.ROLE_UNSPECIFIED
 CONTENT_MAX_BYTES = 262_144
-# Not UUIDs in the canonical 36-character form; none is empty, which JSON could not put in a path.
-MALFORMED_IDS = ["not-a-uuid", "123e4567e89b12d3a456426614174000", "123e4567-e89b-12d3-a456-4266141740000"]
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
-def assert_canonical_id(value: str) -> None:
-    assert str(uuid.UUID(value)) == value, f"{value!r} is not a lower-case canonical UUID"
-
-
-def assert_recent(stamp: Timestamp) -> None:
-    assert abs(stamp.seconds - time.time()) < 300, f"timestamp {stamp.ToJsonString()} is not set to now"
-
-
-def moment(stamp: Timestamp) -> tuple[int, int]:
-    return stamp.seconds, stamp.nanos
 
 
 def without_content(document: knowledge_pb2.Document) -> knowledge_pb2.Document:
@@ -82,18 +67,6 @@ def without_content(document: knowledge_pb2.Document) -> knowledge_pb2.Document:
     listed.CopyFrom(document)
     listed.content = ""
     return listed
-
-
-@functools.cache
-def forged_token() -> str:
-    """Well-formed, with the platform's issuer and audience, but signed by a key nobody published."""
-    return TestIssuer(kid="not-a-platform-key").token(new_id())
-
-
-async def expect_needs_a_valid_token(transport: Transport, method: MethodRef, request: Message) -> None:
-    """Envoy refuses the call at the edge without a token, with a malformed one and with a forged one."""
-    for token in (None, "not-a-jwt", forged_token()):
-        expect_error(await transport.unary(method, request, token=token), grpc.StatusCode.UNAUTHENTICATED)
 
 
 async def expect_outsiders_denied_like_missing_spaces(

@@ -6,18 +6,17 @@ mean different things and the right one must rank first."""
 
 from __future__ import annotations
 
-import functools
 import time
 import uuid
 
 import grpc
 import pytest
-from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from contracts.expect import expect_error, expect_invalid_field, expect_ok
+from contracts.expect import expect_error, expect_invalid_field, expect_needs_a_valid_token, expect_ok
 from contracts.registry import contract
 from contracts.transports import MethodRef, Reply, Transport
+from contracts.values import new_id
 from fixtures.accounts import sign_up
 from fixtures.documents import (
     PARKING_RULES,
@@ -44,7 +43,6 @@ from fixtures.knowledge import (
     new_team,
     update_document,
 )
-from fixtures.tokens import TestIssuer
 from services.api.vector.v1 import vector_pb2
 
 SEARCH = MethodRef.of("vector.v1.VectorService/Search")
@@ -77,25 +75,9 @@ HANDBOOK_TOPICS = [
 ]
 
 
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
 def assert_recent(stamp: Timestamp, not_before: float) -> None:
     assert stamp.seconds > 0, "timestamp is set"
     assert not_before - 5 <= stamp.ToMicroseconds() / 1e6 <= time.time() + 5, stamp.ToJsonString()
-
-
-@functools.cache
-def forged_token() -> str:
-    """Well-formed, with the platform's issuer and audience, but signed by a key nobody published."""
-    return TestIssuer(kid="not-a-platform-key").token(new_id())
-
-
-async def expect_needs_a_valid_token(transport: Transport, method: MethodRef, request: Message) -> None:
-    """Envoy refuses the call at the edge without a token, with a malformed one and with a forged one."""
-    for token in (None, "not-a-jwt", forged_token()):
-        expect_error(await transport.unary(method, request, token=token), grpc.StatusCode.UNAUTHENTICATED)
 
 
 def assert_well_formed(response: vector_pb2.SearchResponse, top_k: int) -> None:

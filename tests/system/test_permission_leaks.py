@@ -10,7 +10,6 @@ this test allows; 30 s at most, the cache's expiry).
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,12 +20,13 @@ import pytest
 
 from contracts.transports import ALL_TRANSPORTS, NativeGrpc, Transport, transport_for
 from fixtures.accounts import Account, sign_up
+from fixtures.documents import eventually, remove_member
+from fixtures.knowledge import VIEWER, add_member, create_document, create_space
 from services.api.chat.v1 import chat_pb2
-from services.api.knowledge.v1 import knowledge_pb2
 from services.api.vector.v1 import vector_pb2
 from simulations.endpoints import StackEndpoints
 
-K, V, C = "knowledge.v1.KnowledgeService", "vector.v1.VectorService", "chat.v1.ChatService"
+V, C = "vector.v1.VectorService", "chat.v1.ChatService"
 REMOVAL_BOUND_S = 5.0
 
 
@@ -47,18 +47,6 @@ async def setup(stack: StackEndpoints) -> AsyncIterator[Transport]:
     await transport.aclose()
 
 
-async def create_space(setup: Transport, owner: Account, name: str) -> str:
-    reply = await setup.unary(f"{K}/CreateSpace", knowledge_pb2.CreateSpaceRequest(name=name), token=owner.access_token)
-    created = reply.unwrap()
-    assert isinstance(created, knowledge_pb2.CreateSpaceResponse)
-    return created.space.space_id
-
-
-async def add_document(setup: Transport, owner: Account, space_id: str, title: str, content: str) -> None:
-    request = knowledge_pb2.CreateDocumentRequest(space_id=space_id, title=title, content=content)
-    assert (await setup.unary(f"{K}/CreateDocument", request, token=owner.access_token)).ok
-
-
 async def search(transport: Transport, account: Account, query: str, spaces: list[str] | None = None) -> list[str]:
     """The snippets Alice's search returns (any error fails the test)."""
     request = vector_pb2.SearchRequest(query=query, top_k=50, space_ids=spaces or [])
@@ -67,28 +55,21 @@ async def search(transport: Transport, account: Account, query: str, spaces: lis
     return [f"{hit.space_id} {hit.snippet}" for hit in response.hits]
 
 
-async def wait_until(condition: object, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 async def world(setup: Transport) -> World:
     owner, alice = await sign_up(setup, "owner"), await sign_up(setup, "alice")
     marker_a, marker_b = f"aurora{uuid.uuid4().hex[:8]}", f"borealis{uuid.uuid4().hex[:8]}"
-    space_a, space_b = await create_space(setup, owner, "A"), await create_space(setup, owner, "B")
-    add = knowledge_pb2.AddMemberRequest(space_id=space_a, user_id=alice.user_id, role=knowledge_pb2.ROLE_VIEWER)
-    assert (await setup.unary(f"{K}/AddMember", add, token=owner.access_token)).ok
-    await add_document(
+    space_a = (await create_space(setup, owner, "A")).space_id
+    space_b = (await create_space(setup, owner, "B")).space_id
+    await add_member(setup, owner, space_a, alice.user_id, VIEWER)
+    await create_document(
         setup,
         owner,
         space_a,
         "Lighthouse maintenance",
         f"The {marker_a} lighthouse lamp is cleaned every spring. Keepers log each maintenance visit.",
     )
-    await add_document(
+    await create_document(
         setup,
         owner,
         space_b,
@@ -96,11 +77,11 @@ async def world(setup: Transport) -> World:
         f"The {marker_b} volcano is watched by seismometers. Eruption warnings go to the harbour office.",
     )
 
-    async def both_indexed() -> bool:
+    async def both_indexed() -> bool | None:
         found = " ".join(await search(setup, owner, f"{marker_a} {marker_b} lighthouse volcano"))
-        return marker_a in found and marker_b in found
+        return (marker_a in found and marker_b in found) or None
 
-    await wait_until(both_indexed)
+    await eventually(both_indexed, "both documents were indexed", timeout_s=30)
     return World(owner, alice, space_a, space_b, marker_a, marker_b)
 
 
@@ -198,23 +179,23 @@ async def test_another_user_s_conversation_stays_theirs(world: World, setup: Tra
 async def test_a_removed_member_loses_the_space_s_content_within_the_bound(setup: Transport) -> None:
     owner, bob = await sign_up(setup, "owner"), await sign_up(setup, "bob")
     marker = f"cumulus{uuid.uuid4().hex[:8]}"
-    space = await create_space(setup, owner, "Weather")
-    add = knowledge_pb2.AddMemberRequest(space_id=space, user_id=bob.user_id, role=knowledge_pb2.ROLE_VIEWER)
-    assert (await setup.unary(f"{K}/AddMember", add, token=owner.access_token)).ok
-    await add_document(setup, owner, space, "Cloud atlas", f"The {marker} cloud brings afternoon showers in summer.")
+    space = (await create_space(setup, owner, "Weather")).space_id
+    await add_member(setup, owner, space, bob.user_id, VIEWER)
+    await create_document(setup, owner, space, "Cloud atlas", f"The {marker} cloud brings afternoon showers in summer.")
 
     async def bob_finds_it() -> bool:
         return any(marker in hit for hit in await search(setup, bob, f"{marker} cloud showers"))
 
-    await wait_until(bob_finds_it)
-    remove = knowledge_pb2.RemoveMemberRequest(space_id=space, user_id=bob.user_id)
-    assert (await setup.unary(f"{K}/RemoveMember", remove, token=owner.access_token)).ok
+    async def bob_found_it() -> bool | None:
+        return await bob_finds_it() or None
+
+    async def bob_no_longer_finds_it() -> bool | None:
+        return (not await bob_finds_it()) or None
+
+    await eventually(bob_found_it, "bob finds the document", timeout_s=30)
+    await remove_member(setup, owner, space, bob.user_id)
     removed_at = time.monotonic()
-
-    async def bob_no_longer_finds_it() -> bool:
-        return not await bob_finds_it()
-
-    await wait_until(bob_no_longer_finds_it, timeout_s=REMOVAL_BOUND_S)
+    await eventually(bob_no_longer_finds_it, "bob no longer finds the document", timeout_s=REMOVAL_BOUND_S)
     print(f"access gone {time.monotonic() - removed_at:.2f} s after the removal committed")
     create = chat_pb2.CreateConversationRequest(title="Weather")
     conversation = (await setup.unary(f"{C}/CreateConversation", create, token=bob.access_token)).unwrap()

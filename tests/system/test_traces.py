@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.transports import Transport, transport_for
 from fixtures.accounts import sign_up
+from fixtures.knowledge import create_space
 from observability.testing import TraceCapture, assert_connected, assert_no_errors, assert_path, assert_under
 from observability.traces import span
 from services.api.knowledge.v1 import knowledge_pb2
@@ -90,15 +91,11 @@ async def test_a_document_create_is_one_trace_down_to_the_index_upsert(
     stack: StackEndpoints, traces: TraceCapture, transport: Transport
 ) -> None:
     account = await sign_up(transport)
-    create_space = knowledge_pb2.CreateSpaceRequest(name="Traced documents")
-    space = (
-        await transport.unary("knowledge.v1.KnowledgeService/CreateSpace", create_space, token=account.access_token)
-    ).unwrap()
-    assert isinstance(space, knowledge_pb2.CreateSpaceResponse)
+    space = await create_space(transport, account, "Traced documents")
     async with traces.action("create a document") as action:
         reply = await transport.unary(
             "knowledge.v1.KnowledgeService/CreateDocument",
-            knowledge_pb2.CreateDocumentRequest(space_id=space.space.space_id, title="Traced", content="Follow me."),
+            knowledge_pb2.CreateDocumentRequest(space_id=space.space_id, title="Traced", content="Follow me."),
             token=account.access_token,
             metadata=action.metadata(),
         )

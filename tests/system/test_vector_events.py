@@ -6,7 +6,6 @@ dead-lettered without stopping the consumer, and a killed vector service loses n
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -16,7 +15,9 @@ from google.protobuf.message import Message
 
 from contracts.transports import NativeGrpc, Transport, transport_for
 from fixtures.accounts import Account, sign_up
+from fixtures.documents import eventually
 from fixtures.events import EventLog
+from fixtures.knowledge import create_space
 from services.api.events.v1 import events_pb2
 from services.api.knowledge.v1 import knowledge_pb2
 from services.api.vector.v1 import vector_pb2
@@ -59,19 +60,10 @@ async def searchable(vector: Transport, account: Account, space_id: str, words: 
     return {hit.snippet for hit in response.hits}
 
 
-async def eventually(check: object, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "not reached in time"
-        await asyncio.sleep(0.2)
-
-
-async def owner_and_space(setup: Transport) -> tuple[Account, str]:
-    owner = await sign_up(setup)
-    create = knowledge_pb2.CreateSpaceRequest(name="Events")
-    space = (await setup.unary("knowledge.v1.KnowledgeService/CreateSpace", create, token=owner.access_token)).unwrap()
-    assert isinstance(space, knowledge_pb2.CreateSpaceResponse)
-    return owner, space.space.space_id
+async def owner_and_space(auth: Transport, knowledge: Transport) -> tuple[Account, str]:
+    owner = await sign_up(auth)
+    space = await create_space(knowledge, owner, "Events")
+    return owner, space.space_id
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +83,7 @@ async def vector(stack: StackEndpoints) -> AsyncIterator[Transport]:
 async def test_duplicates_apply_once_and_older_versions_never_win(
     setup: Transport, vector: Transport, event_producer: EventProducer
 ) -> None:
-    owner, space = await owner_and_space(setup)
+    owner, space = await owner_and_space(setup, setup)
     duplicated, reordered, deleted = (str(uuid.uuid4()) for _ in range(3))
     first = document_event(space, duplicated, 1, "alphaduplicate original text")
     same_id_other_text = document_event(space, duplicated, 1, "betaduplicate replay text", event_id=first.event_id)
@@ -109,10 +101,10 @@ async def test_duplicates_apply_once_and_older_versions_never_win(
         ],
     )
 
-    async def last_one_indexed() -> bool:
-        return any("omegalast" in text for text in await searchable(vector, owner, space, "omegalast marker"))
+    async def last_one_indexed() -> bool | None:
+        return any("omegalast" in text for text in await searchable(vector, owner, space, "omegalast marker")) or None
 
-    await eventually(last_one_indexed)
+    await eventually(last_one_indexed, "the last event was indexed", timeout_s=20)
     texts = " ".join(
         await searchable(
             vector, owner, space, "alphaduplicate betaduplicate gammanewer deltaolder epsilonremoved zetastale"
@@ -129,7 +121,7 @@ async def test_duplicates_apply_once_and_older_versions_never_win(
 async def test_poison_is_dead_lettered_and_the_consumer_keeps_going(
     stack: StackEndpoints, setup: Transport, vector: Transport, event_producer: EventProducer
 ) -> None:
-    owner, space = await owner_and_space(setup)
+    owner, space = await owner_and_space(setup, setup)
     dead_letters = EventLog(stack.kafka_bootstrap, dead_letter_topic("vector"))
     await dead_letters.start()
     try:
@@ -152,10 +144,11 @@ async def test_poison_is_dead_lettered_and_the_consumer_keeps_going(
         assert reasons[0].startswith("rejected by handler")
         assert reasons[1].startswith("undecodable envelope")
 
-        async def next_event_indexed() -> bool:
-            return any("iotaafter" in text for text in await searchable(vector, owner, space, "iotaafter poison"))
+        async def next_event_indexed() -> bool | None:
+            found = await searchable(vector, owner, space, "iotaafter poison")
+            return any("iotaafter" in text for text in found) or None
 
-        await eventually(next_event_indexed)
+        await eventually(next_event_indexed, "the event after the poison was indexed", timeout_s=20)
     finally:
         await dead_letters.stop()
 
@@ -170,7 +163,7 @@ async def test_a_killed_vector_service_loses_no_update() -> None:
         auth = NativeGrpc(endpoints["auth"]["grpc"])
         knowledge = NativeGrpc(endpoints["knowledge"]["grpc"])
         try:
-            owner, space = await direct_owner_and_space(auth, knowledge)
+            owner, space = await owner_and_space(auth, knowledge)
             markers = [f"kappa{n}x{uuid.uuid4().hex[:6]}" for n in range(30)]
             writer = asyncio.create_task(write_documents(knowledge, owner, space, markers))
             await asyncio.sleep(0.5)
@@ -181,11 +174,11 @@ async def test_a_killed_vector_service_loses_no_update() -> None:
             vector = NativeGrpc(launcher.running["vector"].component.endpoints()["grpc"])
             try:
 
-                async def all_indexed() -> bool:
+                async def all_indexed() -> bool | None:
                     found = " ".join(await searchable(vector, owner, space, " ".join(markers)))
-                    return all(marker in found for marker in markers)
+                    return all(marker in found for marker in markers) or None
 
-                await eventually(all_indexed, timeout_s=60)
+                await eventually(all_indexed, "every document written around the kill was indexed", timeout_s=60)
             finally:
                 await vector.aclose()
         finally:
@@ -196,16 +189,6 @@ async def test_a_killed_vector_service_loses_no_update() -> None:
 def kill(launcher: Launcher, name: str) -> None:
     launcher.running[name].process.kill()
     launcher.running[name].process.wait(timeout=10)
-
-
-async def direct_owner_and_space(auth: Transport, knowledge: Transport) -> tuple[Account, str]:
-    owner = await sign_up(auth)
-    create = knowledge_pb2.CreateSpaceRequest(name="Restart")
-    space = (
-        await knowledge.unary("knowledge.v1.KnowledgeService/CreateSpace", create, token=owner.access_token)
-    ).unwrap()
-    assert isinstance(space, knowledge_pb2.CreateSpaceResponse)
-    return owner, space.space.space_id
 
 
 async def write_documents(knowledge: Transport, owner: Account, space: str, markers: list[str]) -> None:
