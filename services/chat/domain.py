@@ -19,6 +19,7 @@ from typing import TypeAlias
 from services.kit.errors import InvalidArgument, NotFound
 from services.kit.ids import parse_id
 from services.kit.pagination import Cursor, is_time_and_id
+from services.kit.text import trimmed_text
 
 TITLE_LENGTH = (1, 200)
 SPACE_IDS_MAX = 100
@@ -37,24 +38,12 @@ NOTHING_FOUND_TEXT = (
 # ------------------------------------------------------------------ input
 
 
-def _trimmed_text(raw: str, field: str, low: int, high: int) -> str:
-    text = raw.strip()
-    # PostgreSQL text columns cannot hold U+0000; refusing it here keeps it an input error.
-    if "\x00" in text:
-        raise InvalidArgument(field, "must not contain the NUL character (U+0000)")
-    if not low <= len(text) <= high:
-        if not text:
-            raise InvalidArgument(field, f"is required: {low}–{high} characters after trimming")
-        raise InvalidArgument(field, f"must be {low}–{high} characters after trimming, got {len(text)}")
-    return text
-
-
 def normalize_title(raw: str) -> str:
-    return _trimmed_text(raw, "title", *TITLE_LENGTH)
+    return trimmed_text(raw, "title", *TITLE_LENGTH)
 
 
 def normalize_question(raw: str) -> str:
-    return _trimmed_text(raw, "question", *QUESTION_LENGTH)
+    return trimmed_text(raw, "question", *QUESTION_LENGTH)
 
 
 def normalize_space_ids(raw: Sequence[str]) -> tuple[str, ...]:

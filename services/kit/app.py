@@ -71,7 +71,13 @@ async def run(build: Build[SettingsT], settings: SettingsT, version: str) -> Non
     try:
         async with AsyncExitStack() as resources:
             app = await build(settings, resources)
-            built = await build_server(app.spec, app.verifier, settings.grpc_host, settings.grpc_port)
+            built = await build_server(
+                app.spec,
+                app.verifier,
+                settings.grpc_host,
+                settings.grpc_port,
+                reflection_enabled=settings.grpc_reflection,
+            )
             keep_helper_threads_from_preempting_the_loop()
             loops = [asyncio.create_task(supervised(loop)) for loop in app.background]
             try:

@@ -3,7 +3,7 @@
 `build_server` assembles a `grpc.aio` server with the `RpcBoundary` interceptor (the call's
 SERVER span, deadline capture, token verification, error mapping) — one wrapper per call, so
 the common path stays cheap —
-standard health checking and reflection. `serve` runs it until SIGTERM/SIGINT and shuts down
+standard health checking and (in development) reflection. `serve` runs it until SIGTERM/SIGINT and shuts down
 gracefully: health turns NOT_SERVING, in-flight calls get a grace period, spans are flushed.
 
 Tests build the same server in-process on port 0 and call it through a real channel.
@@ -39,6 +39,7 @@ from services.kit.auth import (
 )
 from services.kit.errors import DomainError, InvalidArgument, Unauthenticated, status_for
 from services.kit.telemetry import current_trace_id
+from services.kit.text import check_strings
 
 log = logging.getLogger("services.kit.server")
 _tracer = trace.get_tracer("services.kit.server")
@@ -49,6 +50,11 @@ REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
 ALWAYS_PUBLIC_PREFIXES = (f"/{HEALTH_SERVICE}/", f"/{REFLECTION_SERVICE}/")
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# How long a unary call's request message may take to arrive whole.
+RECEIVE_TIMEOUT_S = 10.0
+ONE_MESSAGE = "a unary call carries one request message"
+# Streams one client connection may hold open at once (Envoy opens more connections as needed).
+MAX_STREAMS_PER_CONNECTION = 256
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
 
@@ -85,11 +91,16 @@ class RpcBoundary(grpc.aio.ServerInterceptor):
     """Where a call enters the service: its deadline, its caller, and its errors."""
 
     def __init__(
-        self, verifier: TokenVerifier | None, public_methods: Iterable[str], tracer: trace.Tracer | None = None
+        self,
+        verifier: TokenVerifier | None,
+        public_methods: Iterable[str],
+        tracer: trace.Tracer | None = None,
+        receive_timeout_s: float = RECEIVE_TIMEOUT_S,
     ) -> None:
         self.verifier = verifier
         self.public_methods = frozenset(public_methods)
         self.tracer = tracer or _tracer
+        self.receive_timeout_s = receive_timeout_s
         # A method's handler never changes: wrap it once, not on every call.
         self._wrapped: dict[str, Handler] = {}
 
@@ -107,7 +118,8 @@ class RpcBoundary(grpc.aio.ServerInterceptor):
             handler = await continuation(handler_call_details)
             if handler is None:
                 return None
-            wrapped = self._wrapped[method] = wrap_handler(handler, self._enter(method, self.is_public(method)))
+            enter = self._enter(method, self.is_public(method))
+            wrapped = self._wrapped[method] = wrap_handler(handler, enter, self.receive_timeout_s)
         return wrapped
 
     def _enter(self, method: str, public: bool) -> Callable[[Context], Awaitable[CallScope]]:
@@ -241,27 +253,54 @@ def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 
 async def checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
     async for request in requests:
-        if isinstance(request, MalformedRequest):
-            raise request.error()
-        yield request
+        yield checked(request)
 
 
-def wrap_handler(handler: Handler, enter: Enter) -> Handler:
-    """The same handler, run inside a CallScope, for each of the four RPC shapes. (grpc.aio
-    tells coroutines and async generators apart by inspecting the callable on every call: plain
-    `async def` closures keep that visible and cheap.)"""
+def checked(request: Any) -> Any:
+    """A decoded request message, or the INVALID_ARGUMENT it deserves."""
+    if isinstance(request, MalformedRequest):
+        raise request.error()
+    check_strings(request)
+    return request
+
+
+async def the_one_request(context: Context, receive_timeout_s: float) -> Any:
+    """A unary call's request: exactly one message, whole, within `receive_timeout_s`.
+
+    grpcio waits forever for a unary request that never comes (the client ended its stream
+    without a message, or stopped halfway through one) and answers the first of two. The kit
+    serves unary methods as client streams and reads the message itself, so those calls end at
+    once, or when the time is up, with INVALID_ARGUMENT instead of holding a stream forever."""
+    try:
+        async with asyncio.timeout(receive_timeout_s):
+            request = await context.read()
+            if request is grpc.aio.EOF:
+                raise InvalidArgument("request", f"{ONE_MESSAGE}; the stream ended without one")
+            if await context.read() is not grpc.aio.EOF:
+                raise InvalidArgument("request", f"{ONE_MESSAGE}; this call sent more")
+    except TimeoutError:
+        raise InvalidArgument(
+            "request", f"the request message did not arrive whole within {receive_timeout_s:g} s"
+        ) from None
+    return checked(request)
+
+
+def wrap_handler(handler: Handler, enter: Enter, receive_timeout_s: float = RECEIVE_TIMEOUT_S) -> Handler:
+    """The same handler, run inside a CallScope, for each of the four RPC shapes. Every method
+    is registered with a streaming request, so the kit reads a unary call's one message itself
+    (see `the_one_request`). (grpc.aio tells coroutines and async generators apart by inspecting
+    the callable on every call: plain `async def` closures keep that visible and cheap.)"""
     behavior: Any = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
 
-    def checked(request: Any) -> Any:
-        """Request streams are checked message by message as the handler reads them."""
-        return checked_stream(request) if handler.request_streaming else request
+    async def request_of(requests: AsyncIterator[Any], context: Context) -> Any:
+        if handler.request_streaming:
+            return checked_stream(requests)
+        return await the_one_request(context, receive_timeout_s)
 
-    async def run_unary(request: Any, context: Context) -> Any:
+    async def run_unary(requests: AsyncIterator[Any], context: Context) -> Any:
         scope = await enter(context)
         try:
-            if isinstance(request, MalformedRequest):
-                raise request.error()
-            return await behavior(checked(request), context)
+            return await behavior(await request_of(requests, context), context)
         except grpc.aio.AbortError:
             scope.close(context.code() or grpc.StatusCode.UNKNOWN)
             raise
@@ -273,12 +312,10 @@ def wrap_handler(handler: Handler, enter: Enter) -> Handler:
         finally:
             scope.close()
 
-    async def run_streaming(request: Any, context: Context) -> AsyncIterator[Any]:
+    async def run_streaming(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         scope = await enter(context)
         try:
-            if isinstance(request, MalformedRequest):
-                raise request.error()
-            async for response in behavior(checked(request), context):
+            async for response in behavior(await request_of(requests, context), context):
                 yield response
         except grpc.aio.AbortError:
             scope.close(context.code() or grpc.StatusCode.UNKNOWN)
@@ -291,14 +328,14 @@ def wrap_handler(handler: Handler, enter: Enter) -> Handler:
         finally:
             scope.close()
 
-    shape = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }[(handler.request_streaming, handler.response_streaming)]
-    return shape(
-        run_streaming if handler.response_streaming else run_unary,
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(
+            run_streaming,
+            request_deserializer=tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.stream_unary_rpc_method_handler(
+        run_unary,
         request_deserializer=tolerant(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
@@ -318,21 +355,30 @@ class BuiltServer:
 
 
 async def build_server(
-    spec: ServiceSpec, verifier: TokenVerifier | None, host: str = "127.0.0.1", port: int = 0
+    spec: ServiceSpec,
+    verifier: TokenVerifier | None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    reflection_enabled: bool = False,
+    receive_timeout_s: float = RECEIVE_TIMEOUT_S,
 ) -> BuiltServer:
-    """A started server that answers health NOT_SERVING until `set_serving(True)`."""
+    """A started server that answers health NOT_SERVING until `set_serving(True)`. Reflection
+    (listing every method to anyone who asks) is for development only."""
     server = grpc.aio.server(
-        interceptors=[RpcBoundary(verifier, spec.public_methods)],
+        interceptors=[RpcBoundary(verifier, spec.public_methods, receive_timeout_s=receive_timeout_s)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
         ],
     )
     spec.register(server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection([*spec.grpc_services, HEALTH_SERVICE, reflection.SERVICE_NAME], server)
+    if reflection_enabled:
+        reflection.enable_server_reflection([*spec.grpc_services, HEALTH_SERVICE, reflection.SERVICE_NAME], server)
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError:  # grpcio raises instead of returning 0 when the bind fails

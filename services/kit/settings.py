@@ -23,6 +23,8 @@ class ServiceSettings(BaseSettings):
     environment: str = "local"
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 0
+    # gRPC server reflection lists every method to any caller: for development only.
+    grpc_reflection: bool = False
     # Seconds in-flight RPCs get to finish on shutdown.
     shutdown_grace_s: float = 5.0
 

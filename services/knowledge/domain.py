@@ -16,6 +16,7 @@ from enum import IntEnum, StrEnum
 
 from services.kit.errors import Conflict, FailedPrecondition, InvalidArgument, PermissionDenied
 from services.kit.pagination import Cursor, is_time_and_id
+from services.kit.text import trimmed_text
 
 SPACE_NAME_LENGTH = (1, 100)
 SPACE_DESCRIPTION_MAX = 2000
@@ -28,32 +29,16 @@ TAG_LENGTH = (1, 40)
 # ------------------------------------------------------------------ input
 
 
-def _reject_nul(value: str, field: str) -> None:
-    # PostgreSQL text columns cannot hold U+0000; refusing it here keeps it an input error.
-    if "\x00" in value:
-        raise InvalidArgument(field, "must not contain the NUL character (U+0000)")
-
-
-def _trimmed_text(raw: str, field: str, low: int, high: int) -> str:
-    text = raw.strip()
-    _reject_nul(text, field)
-    if not low <= len(text) <= high:
-        if low > 0 and not text:
-            raise InvalidArgument(field, f"is required: {low}–{high} characters after trimming")
-        raise InvalidArgument(field, f"must be {low}–{high} characters after trimming, got {len(text)}")
-    return text
-
-
 def normalize_space_name(raw: str) -> str:
-    return _trimmed_text(raw, "name", *SPACE_NAME_LENGTH)
+    return trimmed_text(raw, "name", *SPACE_NAME_LENGTH)
 
 
 def normalize_description(raw: str) -> str:
-    return _trimmed_text(raw, "description", 0, SPACE_DESCRIPTION_MAX)
+    return trimmed_text(raw, "description", 0, SPACE_DESCRIPTION_MAX)
 
 
 def normalize_title(raw: str) -> str:
-    return _trimmed_text(raw, "title", *TITLE_LENGTH)
+    return trimmed_text(raw, "title", *TITLE_LENGTH)
 
 
 def check_content(content: str) -> str:
@@ -73,7 +58,7 @@ def normalize_tags(raw: Sequence[str], field: str = "tags") -> tuple[str, ...]:
         raise InvalidArgument(field, f"must hold at most {TAGS_MAX} tags, got {len(raw)}")
     tags: list[str] = []
     for index, value in enumerate(raw):
-        tag = _trimmed_text(value, f"{field}[{index}]", *TAG_LENGTH)
+        tag = trimmed_text(value, f"{field}[{index}]", *TAG_LENGTH)
         if tag in tags:
             raise InvalidArgument(f"{field}[{index}]", f"repeats the tag {tag!r}; tags must be distinct")
         tags.append(tag)

@@ -1,7 +1,8 @@
 """services.kit.server: a real in-process gRPC server (port 0) called through a real channel.
 
-Token checks, error mapping, deadlines, health and reflection, as a client of the platform sees
-them. Servicers implement a few methods of the generated auth and chat services.
+Token checks, error mapping, deadlines, requests that are not one whole message, strings that
+hold NUL, health and reflection, as a client of the platform sees them. Servicers implement a
+few methods of the generated auth and chat services.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
+from fixtures.raw_grpc import NO_MESSAGE, OVERLONG_PREFIX, TRUNCATED_PREFIX, TWO_MESSAGES, message_frames, raw_call
 from fixtures.tokens import TestIssuer
 from services.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.api.chat.v1 import chat_pb2, chat_pb2_grpc
@@ -90,7 +92,7 @@ def token(issuer: TestIssuer) -> str:
 
 @pytest.fixture(scope="module")
 async def built(issuer: TestIssuer) -> AsyncIterator[BuiltServer]:
-    server = await build_server(SPEC, issuer.verifier(), port=0)
+    server = await build_server(SPEC, issuer.verifier(), port=0, reflection_enabled=True, receive_timeout_s=1.0)
     yield server
     await server.server.stop(None)
 
@@ -228,6 +230,61 @@ async def test_without_deadline_the_default_applies(auth: auth_pb2_grpc.AuthServ
     assert float(reply.keys[0].kid) == 10
 
 
+# ------------------------------------------------------------ one whole request message
+
+GET_JWKS = f"/{AUTH_SERVICE}/GetJwks"
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        pytest.param(None, "ended without one", id="headers-end-the-stream"),
+        pytest.param(NO_MESSAGE, "ended without one", id="empty-body"),
+        pytest.param(TRUNCATED_PREFIX, "ended without one", id="truncated-prefix"),
+        pytest.param(OVERLONG_PREFIX, "ended without one", id="overlong-prefix"),
+        pytest.param(TWO_MESSAGES, "sent more", id="two-messages"),
+    ],
+)
+async def test_a_unary_call_without_exactly_one_message_is_refused_at_once(
+    built: BuiltServer, body: bytes | None, problem: str
+) -> None:
+    outcome = await raw_call("127.0.0.1", built.port, GET_JWKS, body, wait_s=5)
+    assert outcome.ended, "grpcio alone leaves such a call open forever"
+    assert outcome.grpc_status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert problem in outcome.grpc_message
+    assert outcome.seconds < 0.5
+
+
+@pytest.mark.parametrize(
+    "body", [TRUNCATED_PREFIX, OVERLONG_PREFIX, message_frames(b"")], ids=["3-of-5", "3-of-4096", "no-end"]
+)
+async def test_a_unary_request_that_stops_arriving_is_refused_when_its_time_is_up(
+    built: BuiltServer, body: bytes
+) -> None:
+    outcome = await raw_call("127.0.0.1", built.port, GET_JWKS, body, end_stream=False, wait_s=5)
+    assert outcome.ended
+    assert outcome.grpc_status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "did not arrive whole within 1 s" in outcome.grpc_message
+    assert 0.9 < outcome.seconds < 3
+
+
+async def test_a_string_holding_nul_is_refused_naming_its_field(
+    auth: auth_pb2_grpc.AuthServiceAsyncStub, chat: chat_pb2_grpc.ChatServiceAsyncStub, token: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await auth.SignUp(auth_pb2.SignUpRequest(email="ada\x00@example.com"), metadata=bearer(token), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "email: must not contain the NUL character (U+0000)"
+    repeated = chat_pb2.CreateConversationRequest(title="t", space_ids=["a", "b\x00"])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await chat.CreateConversation(repeated, metadata=bearer(token), timeout=5)
+    assert caught.value.details() == "space_ids[1]: must not contain the NUL character (U+0000)"
+    received, error = await drain(chat.Ask(chat_pb2.AskRequest(question="\x00"), metadata=bearer(token), timeout=5))
+    assert received == []
+    assert error is not None
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 # ------------------------------------------------------------ streaming
 
 
@@ -307,6 +364,19 @@ async def test_reflection_lists_services(channel: grpc.aio.Channel) -> None:
     call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
     names = {service.name async for reply in call for service in reply.list_services_response.service}
     assert {AUTH_SERVICE, CHAT_SERVICE, "grpc.health.v1.Health"} <= names
+
+
+async def test_reflection_is_off_unless_asked_for() -> None:
+    quiet = await build_server(SPEC, None, port=0)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{quiet.port}") as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                _ = [reply async for reply in stub.ServerReflectionInfo(iter([request]), timeout=5)]
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await quiet.server.stop(None)
 
 
 async def test_second_server_on_a_taken_port_fails(built: BuiltServer) -> None:

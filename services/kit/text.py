@@ -1,0 +1,105 @@
+"""Rules that hold for every string a caller sends, whatever the service and transport.
+
+The call boundary (`services.kit.server`) applies them to every request message before a
+handler sees it, and the WebSocket bridges apply them to their frames, so a service's domain
+only checks its own limits. A string holding U+0000 is refused as bad input: PostgreSQL text
+cannot store it, and no field of the platform means it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from services.kit.errors import InvalidArgument
+
+NUL = "\x00"
+NUL_PROBLEM = "must not contain the NUL character (U+0000)"
+
+
+def reject_nul(value: str, field: str) -> None:
+    if NUL in value:
+        raise InvalidArgument(field, NUL_PROBLEM)
+
+
+def trimmed_text(raw: str, field: str, low: int, high: int) -> str:
+    """The text without surrounding whitespace, if it holds low–high characters (code points)."""
+    text = raw.strip()
+    reject_nul(text, field)
+    if not low <= len(text) <= high:
+        if low > 0 and not text:
+            raise InvalidArgument(field, f"is required: {low}–{high} characters after trimming")
+        raise InvalidArgument(field, f"must be {low}–{high} characters after trimming, got {len(text)}")
+    return text
+
+
+def check_strings(message: Message) -> None:
+    """Refuse a message any of whose strings (at any depth, map keys included) holds NUL;
+    the error names the field as a path, e.g. `document.tags[2]`."""
+    field = nul_field(message)
+    if field is not None:
+        raise InvalidArgument(field, NUL_PROBLEM)
+
+
+def nul_field(message: Message, prefix: str = "") -> str | None:
+    """The path of the first string holding NUL, or None. Only set fields are visited, so a
+    small request costs a few microseconds."""
+    for descriptor, value in message.ListFields():
+        path = f"{prefix}{descriptor.name}"
+        map_entry = _map_entry(descriptor)
+        if map_entry is not None:
+            found = _nul_in_map(map_entry, value, path)
+        elif descriptor.type == FieldDescriptor.TYPE_STRING:
+            found = _nul_in_strings(value, path, repeated=_is_repeated(descriptor))
+        elif descriptor.type == FieldDescriptor.TYPE_MESSAGE:
+            found = _nul_in_messages(value, path, repeated=_is_repeated(descriptor))
+        else:
+            found = None
+        if found is not None:
+            return found
+    return None
+
+
+def _is_repeated(descriptor: FieldDescriptor) -> bool:
+    return bool(descriptor.is_repeated)
+
+
+def _map_entry(descriptor: FieldDescriptor) -> Descriptor | None:
+    """The entry type of a map field (its `key` and `value`), None for any other field."""
+    entry = descriptor.message_type
+    return entry if entry is not None and _is_repeated(descriptor) and entry.GetOptions().map_entry else None
+
+
+def _nul_in_strings(value: Any, path: str, *, repeated: bool) -> str | None:
+    if not repeated:
+        return path if NUL in str(value) else None
+    for index, item in enumerate(value):
+        if NUL in item:
+            return f"{path}[{index}]"
+    return None
+
+
+def _nul_in_messages(value: Any, path: str, *, repeated: bool) -> str | None:
+    if not repeated:
+        return nul_field(value, f"{path}.")
+    for index, item in enumerate(value):
+        found = nul_field(item, f"{path}[{index}].")
+        if found is not None:
+            return found
+    return None
+
+
+def _nul_in_map(entry: Descriptor, value: Any, path: str) -> str | None:
+    entry_value = entry.fields_by_name["value"]
+    for key, item in value.items():
+        if isinstance(key, str) and NUL in key:
+            return f"{path}[{key!r}]"
+        if entry_value.type == FieldDescriptor.TYPE_STRING and NUL in item:
+            return f"{path}[{key!r}]"
+        if entry_value.type == FieldDescriptor.TYPE_MESSAGE:
+            found = nul_field(item, f"{path}[{key!r}].")
+            if found is not None:
+                return found
+    return None
