@@ -316,9 +316,11 @@ class NativeGrpc:
 
     name = NATIVE_GRPC
 
-    def __init__(self, target: str, authority: str | None = None) -> None:
+    def __init__(self, target: str, authority: str | None = None, metadata: Metadata = ()) -> None:
         self.target = target
         self.authority = authority
+        # Sent with every call, e.g. a service token for calls straight to a service.
+        self.metadata = tuple(metadata)
         self._channel: grpc.aio.Channel | None = None
 
     @property
@@ -342,7 +344,7 @@ class NativeGrpc:
         stub = self.channel.unary_unary(
             ref.path, request_serializer=_serialize, response_deserializer=ref.response_class.FromString
         )
-        call = stub(request, metadata=tuple(call_headers(token, metadata)), timeout=timeout)
+        call = stub(request, metadata=tuple(call_headers(token, (*self.metadata, *metadata))), timeout=timeout)
         try:
             response = await call
         except grpc.aio.AioRpcError as error:
@@ -372,7 +374,7 @@ class NativeGrpc:
         stub = self.channel.unary_stream(
             ref.path, request_serializer=_serialize, response_deserializer=ref.response_class.FromString
         )
-        call = stub(request, metadata=tuple(call_headers(token, metadata)), timeout=timeout)
+        call = stub(request, metadata=tuple(call_headers(token, (*self.metadata, *metadata))), timeout=timeout)
         messages: list[Message] = []
         try:
             async for message in call:
@@ -541,15 +543,20 @@ class _HttpTransport:
 
     name = ""
 
-    def __init__(self, base_url: str, authority: str | None = None) -> None:
+    def __init__(self, base_url: str, authority: str | None = None, source_address: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.authority = authority
+        # The local address connections leave from (the client's address, as the edge sees it).
+        self.source_address = source_address
         self._session: aiohttp.ClientSession | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+            local = (self.source_address, 0) if self.source_address else None
+            self._session = aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(), connector=aiohttp.TCPConnector(local_addr=local)
+            )
         return self._session
 
     def headers(self, token: str | None, metadata: Metadata, timeout: float) -> list[tuple[str, str]]:
@@ -857,14 +864,23 @@ def _json_failure(http_status: int, headers: tuple[tuple[str, str], ...], body: 
 # -------------------------------------------------------------- factories
 
 
-def transport_for(name: str, envoy_http_url: str, envoy_grpc_target: str, authority: str | None = None) -> Transport:
-    """One transport by its name ("grpc", "grpc-web" or "json")."""
+def transport_for(
+    name: str,
+    envoy_http_url: str,
+    envoy_grpc_target: str,
+    authority: str | None = None,
+    source_address: str | None = None,
+) -> Transport:
+    """One transport by its name ("grpc", "grpc-web" or "json"). `source_address` binds the
+    HTTP transports' connections to a local address (see fixtures.addresses for native gRPC)."""
     if name == NATIVE_GRPC:
+        if source_address is not None:
+            raise ValueError("grpcio cannot choose its source address: use fixtures.addresses.transport_from")
         return NativeGrpc(envoy_grpc_target, authority)
     if name == GRPC_WEB:
-        return GrpcWeb(envoy_http_url, authority)
+        return GrpcWeb(envoy_http_url, authority, source_address)
     if name == JSON_HTTP:
-        return JsonHttp(envoy_http_url, authority)
+        return JsonHttp(envoy_http_url, authority, source_address)
     raise ValueError(f"unknown transport {name!r}; expected one of {', '.join(ALL_TRANSPORTS)}")
 
 

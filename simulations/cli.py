@@ -137,7 +137,7 @@ def command_run(args: argparse.Namespace, run_dir: RunDirectory, topology: Topol
         except RuntimeError as error:
             print(f"stack failed to start: {error}", file=sys.stderr)
             return 1
-    code = run_scenario(args.scenario, state)
+    code = run_scenario(args.scenario, state, run_dir.platform_secret())
     print("the stack keeps running; `python -m simulations down` stops it")
     return code
 

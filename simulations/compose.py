@@ -18,8 +18,17 @@ from pathlib import Path
 import yaml
 
 from services.kit.settings import JWT_AUDIENCE, JWT_ISSUER
+from simulations.components.envoy import DESCRIPTOR_SET
 from simulations.components.service import port_setting
-from simulations.envoy_config import EnvoySettings, JwtSettings, Upstream, build_config
+from simulations.edge_lua import edge_lua_source
+from simulations.envoy_config import (
+    TOKEN_QUERY_PARAMETER,
+    EnvoySettings,
+    JwtSettings,
+    Upstream,
+    build_config,
+    streaming_methods,
+)
 from simulations.platform import INTERNAL_METHODS, POSTGRES_DATABASES, PUBLIC_PATHS, PUBLIC_PREFIXES, SERVICES
 from simulations.topology import port_override_env
 
@@ -52,6 +61,15 @@ STORES_IN_COMPOSE = {
 }
 SERVICE_IMAGE = "knowledge-platform-services:local"
 
+# Identity under Compose (services.kit.identity): every container is one local trust domain,
+# so each service derives its own credential from the platform secret; Envoy and the services
+# share the edge credential. Override both (environment or .env) anywhere but your own machine.
+COMPOSE_PLATFORM_SECRET = "compose-local-platform-secret"
+IDENTITY_IN_COMPOSE = {
+    "KP_PLATFORM_SECRET": f"${{KP_PLATFORM_SECRET:-{COMPOSE_PLATFORM_SECRET}}}",
+    "KP_EDGE_CREDENTIAL": "${KP_EDGE_CREDENTIAL:-compose-local-edge-credential}",
+}
+
 # What a service needs beyond the common settings under Compose: the vector service uses the
 # Qdrant server there instead of its embedded engine.
 COMPOSE_EXTRAS: dict[str, dict[str, dict[str, object]]] = {
@@ -67,6 +85,8 @@ DESCRIPTOR_IN_CONTAINER = "/etc/envoy/platform.pb"
 
 
 def envoy_settings() -> EnvoySettings:
+    descriptors = DESCRIPTOR_SET.read_bytes()
+    services = [name for service in SERVICES for name in service.grpc_services]
     return EnvoySettings(
         listen_address="0.0.0.0",  # inside the container; compose publishes it on 127.0.0.1
         listen_port=ENVOY_CONTAINER_PORT,
@@ -93,6 +113,8 @@ def envoy_settings() -> EnvoySettings:
         otlp_host="otel-collector",
         otlp_port=4317,
         internal_methods=INTERNAL_METHODS,
+        streaming_methods=streaming_methods(descriptors),
+        edge_lua=edge_lua_source(descriptors, services, TOKEN_QUERY_PARAMETER),
     )
 
 
@@ -112,6 +134,7 @@ def services_compose() -> dict[str, object]:
                 "KP_GRPC_HOST": "0.0.0.0",
                 **{port_setting(role): str(number) for role, number in service.default_ports.items()},
                 **STORES_IN_COMPOSE,
+                **IDENTITY_IN_COMPOSE,
                 **peers,
                 **COMPOSE_EXTRAS.get(service.name, {}).get("environment", {}),
             },

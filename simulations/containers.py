@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from simulations.components.base import ComponentContext
-from simulations.compose import COMPOSE_FILE, COMPOSE_SERVICE_OF
+from simulations.compose import COMPOSE_FILE, COMPOSE_PLATFORM_SECRET, COMPOSE_SERVICE_OF
 from simulations.endpoints import StackEndpoints
 from simulations.platform import PLATFORM
 from simulations.rundir import ComponentRecord, StackState
@@ -69,4 +69,4 @@ def compose_stack(port_overrides: Mapping[str, str] | None = None) -> Iterator[S
         pull=True,
     )
     with compose:
-        yield StackEndpoints(compose_state(environ))
+        yield StackEndpoints(compose_state(environ), environ.get("KP_PLATFORM_SECRET", COMPOSE_PLATFORM_SECRET))

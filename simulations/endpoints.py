@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from services.kit.identity import credential_for
 from simulations.rundir import RunDirectory, StackState
 
 
@@ -16,16 +17,26 @@ class StackNotRunning(RuntimeError):
 
 
 class StackEndpoints:
-    def __init__(self, state: StackState) -> None:
+    def __init__(self, state: StackState, platform_secret: str = "") -> None:
         self.state = state
         self._endpoints = state.endpoints()
+        # The operator's secret: tests and scenarios derive service credentials from it.
+        self._platform_secret = platform_secret
 
     @classmethod
     def load(cls, run_dir: RunDirectory | None = None) -> StackEndpoints:
-        state = (run_dir or RunDirectory()).read_state()
+        run_dir = run_dir or RunDirectory()
+        state = run_dir.read_state()
         if state is None or state.phase != "healthy":
             raise StackNotRunning("no healthy stack; start one with `python -m simulations up --detach`")
-        return cls(state)
+        return cls(state, run_dir.platform_secret())
+
+    def service_credential(self, service: str) -> str:
+        """The credential with which `service` gets service tokens from auth (see
+        services.kit.identity): what the launcher gives each service, derived the same way."""
+        if not self._platform_secret:
+            raise StackNotRunning("this stack's platform secret is not known here")
+        return credential_for(self._platform_secret, service)
 
     def of(self, component: str) -> Mapping[str, str]:
         try:

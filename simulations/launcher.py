@@ -130,6 +130,7 @@ class Launcher:
             ports=ports,
             endpoints_of={name: r.component.endpoints() for name, r in self.running.items()},
             settings=self.topology.settings.get(cls.name, {}),
+            platform_secret=self.run_dir.platform_secret(),
         )
 
     def _record(self, running: Running, *, healthy: bool) -> None:

@@ -50,8 +50,9 @@ PUBLIC_PATHS = (
 )
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/",)
 
-# Service-to-service methods that the edge refuses (see the knowledge proto).
+# Service-to-service methods that the edge refuses (see the auth and knowledge protos).
 INTERNAL_METHODS = (
+    "/auth.v1.AuthService/IssueServiceToken",
     "/knowledge.v1.KnowledgeService/CheckAccess",
     "/knowledge.v1.KnowledgeService/ListAccessibleSpaces",
 )

@@ -14,18 +14,22 @@ import os
 import uuid
 from pathlib import Path
 
+import grpc
 import pytest
 from filelock import FileLock
 
 from observability.clickhouse import connect
 from observability.testing import TraceCapture
 from observability.traces import TraceStore
+from services.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.kit.telemetry import TelemetrySettings, setup_telemetry
 from simulations.endpoints import StackEndpoints
 from simulations.rundir import RunDirectory
 from simulations.supervisor import running_state, start_detached, stop_stack
 
 RUN_ID_ENV = "KP_TEST_RUN_ID"
+# The name the tests use when they call internal methods as a platform service would.
+TEST_SERVICE = "tests"
 STACK_MODE_ENV = "KP_TEST_STACK"
 OWNER_FILE = "started-by-test-run"
 
@@ -61,7 +65,7 @@ def ensure_stack(run_dir: RunDirectory) -> StackEndpoints:
                 pytest.fail("no stack is running and KP_TEST_STACK=none; start one: python -m simulations up")
             state = start_detached(run_dir)
             (run_dir.root / OWNER_FILE).write_text(os.environ.get(RUN_ID_ENV, ""))
-    return StackEndpoints(state)
+    return StackEndpoints(state, run_dir.platform_secret())
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +89,19 @@ def traces(stack: StackEndpoints) -> TraceCapture:
         )
     )
     return TraceCapture(TraceStore(connect(stack.clickhouse_url)), provider, stack.otlp_http)
+
+
+@pytest.fixture(scope="session")
+async def service_token(stack: StackEndpoints) -> str:
+    """A service token for the test run, as a platform service would get one (auth's
+    IssueServiceToken, with a credential derived from the stack's platform secret), for calls
+    straight to internal methods."""
+    async with grpc.aio.insecure_channel(stack.service_grpc("auth")) as channel:
+        request = auth_pb2.IssueServiceTokenRequest(
+            service=TEST_SERVICE, credential=stack.service_credential(TEST_SERVICE)
+        )
+        reply = await auth_pb2_grpc.AuthServiceStub(channel).IssueServiceToken(request, timeout=10)
+    return reply.service_token
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -91,6 +92,17 @@ class RunDirectory:
         path = self.root / "data" / name
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def platform_secret(self) -> str:
+        """The stack's platform secret (see services.kit.identity): made on first use, kept
+        across runs, readable by its owner only. Services get credentials derived from it."""
+        path = self.root / "secrets" / "platform-secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+        return path.read_text().strip()
 
     def prepare_fresh(self, supervisor_pid: int, *, keep_data: bool) -> None:
         """Start a new run: old logs are kept under logs/previous, old data removed unless kept."""

@@ -1,9 +1,11 @@
 """Contract of auth.v1.AuthService: every RPC through Envoy over gRPC, gRPC-Web and JSON, for
-success and for each documented error, and the auth.user.signed_up event."""
+success and for each documented error, and the auth.user.signed_up event. IssueServiceToken,
+internal, is called straight at the auth service, as the platform's services call it."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 import grpc
@@ -12,11 +14,13 @@ import pytest
 
 from contracts.expect import expect_error, expect_invalid_field, expect_ok
 from contracts.registry import contract
-from contracts.transports import JSON_HTTP, MethodRef, Transport
-from fixtures.accounts import Account, client_address, new_credentials, sign_up
+from contracts.transports import JSON_HTTP, MethodRef, NativeGrpc, Transport
+from fixtures.accounts import Account, new_credentials, sign_up
+from fixtures.addresses import new_client_address, transport_from
 from fixtures.events import EventLog
 from services.api.auth.v1 import auth_pb2
 from services.api.events.v1 import events_pb2
+from services.kit.identity import SERVICE_AUDIENCE, credential_for
 from services.kit.settings import JWT_AUDIENCE, JWT_ISSUER
 from simulations.endpoints import StackEndpoints
 
@@ -122,43 +126,52 @@ async def test_login_needs_both_fields(transport: Transport, field: str, email: 
 
 
 @contract("auth.v1.AuthService/Login", "UNAUTHENTICATED")
-async def test_wrong_password_and_unknown_email_look_the_same(transport: Transport, setup_transport: Transport) -> None:
+async def test_wrong_password_and_unknown_email_look_the_same(
+    transport: Transport, setup_transport: Transport, stack: StackEndpoints
+) -> None:
     account = await sign_up(setup_transport)
-    address = client_address()
-    wrong = await transport.unary(
-        LOGIN, auth_pb2.LoginRequest(email=account.email, password="not the password!"), metadata=address
-    )
-    unknown = await transport.unary(
-        LOGIN, auth_pb2.LoginRequest(email=new_credentials()[0], password="whatever it is"), metadata=address
-    )
+    async with transport_from(transport.name, stack, new_client_address()) as client:
+        wrong = await client.unary(LOGIN, auth_pb2.LoginRequest(email=account.email, password="not the password!"))
+        unknown = await client.unary(
+            LOGIN, auth_pb2.LoginRequest(email=new_credentials()[0], password="whatever it is")
+        )
     expect_error(wrong, grpc.StatusCode.UNAUTHENTICATED, "email or password is wrong")
     expect_error(unknown, grpc.StatusCode.UNAUTHENTICATED)
     assert wrong.details == unknown.details, "accounts cannot be probed"
 
 
 @contract("auth.v1.AuthService/Login", "RESOURCE_EXHAUSTED")
-async def test_repeated_failures_lock_the_account_for_a_while(transport: Transport, setup_transport: Transport) -> None:
+async def test_repeated_failures_lock_the_account_for_a_while(
+    transport: Transport, setup_transport: Transport, stack: StackEndpoints
+) -> None:
     account = await sign_up(setup_transport)
-    address = client_address()
-    for _ in range(5):
-        guess = auth_pb2.LoginRequest(email=account.email, password="guessing wrongly")
-        expect_error(await transport.unary(LOGIN, guess, metadata=address), grpc.StatusCode.UNAUTHENTICATED)
+    async with transport_from(transport.name, stack, new_client_address()) as client:
+        for _ in range(5):
+            guess = auth_pb2.LoginRequest(email=account.email, password="guessing wrongly")
+            expect_error(await client.unary(LOGIN, guess), grpc.StatusCode.UNAUTHENTICATED)
     right = auth_pb2.LoginRequest(email=account.email, password=account.password)
-    locked = await transport.unary(LOGIN, right, metadata=client_address())  # from anywhere
+    async with transport_from(transport.name, stack, new_client_address()) as elsewhere:
+        locked = await elsewhere.unary(LOGIN, right)  # from anywhere
     expect_error(locked, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many failed logins for this account", "retry in")
 
 
 @contract("auth.v1.AuthService/Login", "RESOURCE_EXHAUSTED")
-async def test_an_address_trying_many_accounts_is_stopped(transport: Transport, setup_transport: Transport) -> None:
+async def test_an_address_trying_many_accounts_is_stopped(
+    transport: Transport, setup_transport: Transport, stack: StackEndpoints
+) -> None:
+    """The address is the one Envoy accepted the connection from: a client that names
+    another address in X-Forwarded-For on every attempt is still counted as itself."""
     account = await sign_up(setup_transport)
-    address = client_address()
-    for _ in range(50):  # one failure for each of 50 different accounts
-        probe = auth_pb2.LoginRequest(email=new_credentials()[0], password="password123456")
-        expect_error(await transport.unary(LOGIN, probe, metadata=address), grpc.StatusCode.UNAUTHENTICATED)
     right = auth_pb2.LoginRequest(email=account.email, password=account.password)
-    blocked = await transport.unary(LOGIN, right, metadata=address)
+    async with transport_from(transport.name, stack, new_client_address()) as client:
+        for attempt in range(50):  # one failure for each of 50 different accounts
+            probe = auth_pb2.LoginRequest(email=new_credentials()[0], password="password123456")
+            spoofed = [("x-forwarded-for", f"10.0.{attempt}.1")]
+            expect_error(await client.unary(LOGIN, probe, metadata=spoofed), grpc.StatusCode.UNAUTHENTICATED)
+        blocked = await client.unary(LOGIN, right, metadata=[("x-forwarded-for", "10.9.9.9")])
     expect_error(blocked, grpc.StatusCode.RESOURCE_EXHAUSTED, "from this address")
-    assert (await transport.unary(LOGIN, right, metadata=client_address())).ok, "other addresses are not affected"
+    async with transport_from(transport.name, stack, new_client_address()) as elsewhere:
+        assert (await elsewhere.unary(LOGIN, right)).ok, "other addresses are not affected"
 
 
 # ----------------------------------------------------------------- Refresh
@@ -287,3 +300,66 @@ async def test_who_am_i_for_a_deleted_user_is_not_found(
         await connection.close()
     reply = await transport.unary(WHO_AM_I, auth_pb2.WhoAmIRequest(), token=account.access_token)
     expect_error(reply, grpc.StatusCode.NOT_FOUND, "no longer exists")
+
+
+# ------------------------------------------------------- IssueServiceToken
+
+ISSUE_SERVICE_TOKEN = MethodRef.of("auth.v1.AuthService/IssueServiceToken")
+
+
+@pytest.fixture(scope="session")
+async def auth_direct(stack: StackEndpoints) -> AsyncIterator[Transport]:
+    """Straight to the auth service, as the platform's services call it (Envoy refuses the method)."""
+    chosen = NativeGrpc(stack.service_grpc("auth"))
+    yield chosen
+    await chosen.aclose()
+
+
+@contract("auth.v1.AuthService/IssueServiceToken")
+async def test_a_service_proving_its_name_gets_a_short_lived_internal_token(
+    auth_direct: Transport, transport: Transport, stack: StackEndpoints
+) -> None:
+    request = auth_pb2.IssueServiceTokenRequest(service="vector", credential=stack.service_credential("vector"))
+    issued = expect_ok(await auth_direct.unary(ISSUE_SERVICE_TOKEN, request), auth_pb2.IssueServiceTokenResponse)
+    assert 0 < issued.expires_in_seconds <= 3600
+    claims = jwt.decode(issued.service_token, options={"verify_signature": False})
+    assert (claims["sub"], claims["token_use"], claims["iss"]) == ("vector", "service", JWT_ISSUER)
+    assert claims["aud"] == SERVICE_AUDIENCE != JWT_AUDIENCE
+    assert claims["exp"] - claims["iat"] == issued.expires_in_seconds
+    # A service token is no user's token: the edge refuses it like any token of another audience.
+    refused = await transport.unary(WHO_AM_I, auth_pb2.WhoAmIRequest(), token=issued.service_token)
+    expect_error(refused, grpc.StatusCode.PERMISSION_DENIED, "Audiences in Jwt are not allowed")
+    # And the edge does not route the method at all, whoever asks.
+    user = await sign_up(transport)
+    edge = await transport.unary(ISSUE_SERVICE_TOKEN, request, token=user.access_token)
+    assert edge.code == grpc.StatusCode.UNIMPLEMENTED, (edge.code, edge.details)
+    assert "internal to the platform" in edge.details
+
+
+@contract("auth.v1.AuthService/IssueServiceToken", "INVALID_ARGUMENT")
+@pytest.mark.parametrize(
+    ("field", "service", "credential"),
+    [
+        ("service", "", "0" * 64),
+        ("service", "Vector", "0" * 64),
+        ("service", "v" * 41, "0" * 64),
+        ("credential", "vector", ""),
+        ("credential", "vector", "0" * 63),
+        ("credential", "vector", "G" * 64),
+    ],
+)
+async def test_service_and_credential_must_be_well_formed(
+    auth_direct: Transport, field: str, service: str, credential: str
+) -> None:
+    request = auth_pb2.IssueServiceTokenRequest(service=service, credential=credential)
+    expect_invalid_field(await auth_direct.unary(ISSUE_SERVICE_TOKEN, request), field)
+
+
+@contract("auth.v1.AuthService/IssueServiceToken", "UNAUTHENTICATED")
+async def test_a_credential_proves_one_service_only(auth_direct: Transport, stack: StackEndpoints) -> None:
+    """The chat service's credential does not make its holder the vector service, and a
+    credential derived from another secret proves nothing."""
+    borrowed = auth_pb2.IssueServiceTokenRequest(service="vector", credential=stack.service_credential("chat"))
+    expect_error(await auth_direct.unary(ISSUE_SERVICE_TOKEN, borrowed), grpc.StatusCode.UNAUTHENTICATED, "'vector'")
+    guessed = auth_pb2.IssueServiceTokenRequest(service="vector", credential=credential_for("not the secret", "vector"))
+    expect_error(await auth_direct.unary(ISSUE_SERVICE_TOKEN, guessed), grpc.StatusCode.UNAUTHENTICATED)

@@ -39,6 +39,7 @@ from fixtures.knowledge import (
 from services.api.events.v1 import events_pb2
 from services.api.knowledge.v1 import knowledge_pb2
 from services.kit.events import EventEnvelope
+from services.kit.identity import SERVICE_TOKEN_HEADER
 from simulations.endpoints import StackEndpoints
 
 CREATE_SPACE = MethodRef.of("knowledge.v1.KnowledgeService/CreateSpace")
@@ -1537,9 +1538,17 @@ async def test_get_document_version_that_does_not_exist_is_not_found(
 
 
 @pytest.fixture(scope="session", params=["direct"])
-async def direct(request: pytest.FixtureRequest, stack: StackEndpoints) -> AsyncIterator[Transport]:
+async def direct(request: pytest.FixtureRequest, stack: StackEndpoints, service_token: str) -> AsyncIterator[Transport]:
     """Internal RPCs are called as services call them: native gRPC straight to the knowledge
-    service, bypassing Envoy (which refuses them), and with no token required."""
+    service, bypassing Envoy (which refuses them), with a service token and no user token."""
+    chosen = NativeGrpc(stack.service_grpc("knowledge"), metadata=[(SERVICE_TOKEN_HEADER, service_token)])
+    yield chosen
+    await chosen.aclose()
+
+
+@pytest.fixture(scope="session")
+async def anonymous_direct(stack: StackEndpoints) -> AsyncIterator[Transport]:
+    """Straight to the knowledge service without a service token, as anyone who reaches its port."""
     chosen = NativeGrpc(stack.service_grpc("knowledge"))
     yield chosen
     await chosen.aclose()
@@ -1609,7 +1618,7 @@ async def test_list_accessible_spaces_needs_a_user_uuid(direct: Transport, user_
     expect_invalid_field(await direct.unary(LIST_ACCESSIBLE_SPACES, request), "user_id")
 
 
-@pytest.mark.parametrize(
+INTERNAL_CALLS = pytest.mark.parametrize(
     ("method", "request_message"),
     [
         (CHECK_ACCESS, knowledge_pb2.CheckAccessRequest(user_id=new_id(), space_id=new_id())),
@@ -1617,11 +1626,33 @@ async def test_list_accessible_spaces_needs_a_user_uuid(direct: Transport, user_
     ],
     ids=["CheckAccess", "ListAccessibleSpaces"],
 )
+
+
+@contract("knowledge.v1.KnowledgeService/CheckAccess", "UNAUTHENTICATED")
+@contract("knowledge.v1.KnowledgeService/ListAccessibleSpaces", "UNAUTHENTICATED")
+@INTERNAL_CALLS
+async def test_internal_rpcs_answer_only_platform_services(
+    anonymous_direct: Transport, setup_transport: Transport, method: MethodRef, request_message: Message
+) -> None:
+    """Whoever reaches the port without a service token is refused, a signed-in user too,
+    and so is a user's access token passed off as a service token."""
+    account = await sign_up(setup_transport)
+    for token in (None, account.access_token):
+        reply = await anonymous_direct.unary(method, request_message, token=token)
+        expect_error(reply, grpc.StatusCode.UNAUTHENTICATED, "internal to the platform", "service token")
+    posing = await anonymous_direct.unary(
+        method, request_message, metadata=[(SERVICE_TOKEN_HEADER, account.access_token)]
+    )
+    expect_error(posing, grpc.StatusCode.UNAUTHENTICATED, "audience")
+
+
+@INTERNAL_CALLS
 async def test_internal_rpcs_are_refused_at_the_edge(
     transport: Transport, setup_transport: Transport, method: MethodRef, request_message: Message
 ) -> None:
-    """Envoy answers them 404 itself, even with a valid token: native gRPC and gRPC-Web see it as
-    UNIMPLEMENTED, JSON as HTTP 404 (no route to a public method)."""
+    """Envoy answers them 404 itself, even with a valid token, and with a service token too:
+    native gRPC and gRPC-Web see it as UNIMPLEMENTED, JSON as HTTP 404 (no route to a public
+    method)."""
     account = await sign_up(setup_transport)
     reply = await transport.unary(method, request_message, token=account.access_token)
     assert reply.code == grpc.StatusCode.UNIMPLEMENTED, (reply.code, reply.details)

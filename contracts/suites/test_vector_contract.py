@@ -6,6 +6,7 @@ mean different things and the right one must rank first."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -398,6 +399,29 @@ async def test_reindex_space_needs_the_editor_role(transport: Transport, setup_t
         request = vector_pb2.ReindexSpaceRequest(space_id=space_id)
         reply = await transport.unary(REINDEX_SPACE, request, token=account.access_token)
         expect_error(reply, grpc.StatusCode.PERMISSION_DENIED, f"space {space_id}", "editor")
+
+
+@contract("vector.v1.VectorService/ReindexSpace", "RESOURCE_EXHAUSTED")
+async def test_a_caller_may_have_two_reindexes_waiting(transport: Transport, setup_transport: Transport) -> None:
+    """Reindexes of four spaces asked at once: two are queued, the others are refused until
+    one of them has finished (the same space asked again is no new job: see above)."""
+    owner = await sign_up(setup_transport)
+    spaces = [(await create_space(setup_transport, owner, f"Shelf {n}")).space_id for n in range(4)]
+    for space_id in spaces:
+        for text in (PASSWORD_RESET, REVENUE_REPORT, PLANT_CARE) * 4:
+            await create_document(setup_transport, owner, space_id, text.title, text.content)
+    replies = await asyncio.gather(
+        *(
+            transport.unary(REINDEX_SPACE, vector_pb2.ReindexSpaceRequest(space_id=space_id), token=owner.access_token)
+            for space_id in spaces
+        )
+    )
+    assert sum(reply.ok for reply in replies) == 2, [(reply.code.name, reply.details) for reply in replies]
+    for reply in replies:
+        if not reply.ok:
+            expect_error(
+                reply, grpc.StatusCode.RESOURCE_EXHAUSTED, "2 reindexes queued", "when one of them has finished"
+            )
 
 
 # ----------------------------------------------------------- GetIndexStats

@@ -19,7 +19,6 @@ from services.auth.repository import AuthRepository, LoginAttempts
 from services.auth.server import PUBLIC_METHODS, SERVICE_NAME, AuthServer
 from services.auth.service import AuthService, KeySettings
 from services.kit import app
-from services.kit.auth import TokenVerifier
 from services.kit.db import SessionFactory, create_engine, session_factory
 from services.kit.server import ServiceSpec
 from services.kit.settings import ServiceSettings
@@ -33,6 +32,7 @@ class AuthSettings(ServiceSettings):
     grpc_port: int = 15051
     access_token_ttl_s: int = 900
     refresh_token_ttl_s: int = 30 * 24 * 3600
+    service_token_ttl_s: int = 600
     # Login throttling: failed logins per account and per client address, per rolling window.
     login_failures_per_account: int = 5
     login_failures_per_address: int = 50
@@ -61,6 +61,7 @@ def build_service(
             audience=settings.jwt_audience,
             access_ttl=timedelta(seconds=settings.access_token_ttl_s),
             refresh_ttl=timedelta(seconds=settings.refresh_token_ttl_s),
+            service_ttl=timedelta(seconds=settings.service_token_ttl_s),
         ),
         limits=LoginLimits(
             failures_per_account=settings.login_failures_per_account,
@@ -73,6 +74,7 @@ def build_service(
             clock_skew=timedelta(seconds=settings.jwt_leeway_s),
         ),
         on_commit=on_commit,
+        platform_secret=settings.platform_secret.get_secret_value(),
     )
 
 
@@ -90,16 +92,19 @@ async def build(settings: AuthSettings, resources: AsyncExitStack) -> app.Applic
             await asyncio.sleep(settings.key_reload_s)
             await service.refresh_keys()
 
-    # Auth verifies its own tokens with the keys it holds: no call to itself.
-    verifier = TokenVerifier(service, settings.jwt_issuer, [settings.jwt_audience], leeway_s=settings.jwt_leeway_s)
+    # Auth verifies tokens with the keys it holds: no call to itself.
+    verifiers = app.verifiers_for(service, settings, leeway_s=settings.jwt_leeway_s)
+    edge_credential = settings.edge_credential.get_secret_value()
     spec = ServiceSpec(
         name="auth",
         version=VERSION,
         grpc_services=[SERVICE_NAME],
-        register=lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServer(service), server),
+        register=lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(
+            AuthServer(service, edge_credential), server
+        ),
         public_methods=PUBLIC_METHODS,
     )
-    return app.Application(spec=spec, verifier=verifier, background=[relay.run, reload_keys])
+    return app.Application(spec=spec, verifiers=verifiers, background=[relay.run, reload_keys])
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """The auth domain: accounts, sessions, refresh-token rotation, signing keys and login limits.
 
-Pure rules, no I/O: what a valid sign-up is, what goes into an access token, which keys sign
+Pure rules, no I/O: what a valid sign-up is, what goes into an access or service token, which keys sign
 and which are published, when a refresh token may be used, when a login is throttled.
 """
 
@@ -21,6 +21,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from services.kit.auth import ACCESS_TOKEN_USE, ALGORITHM
 from services.kit.errors import InvalidArgument
+from services.kit.identity import SERVICE_AUDIENCE, SERVICE_TOKEN_USE
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 EMAIL_LENGTH = (3, 254)
@@ -96,6 +97,7 @@ class TokenPolicy:
     audience: str
     access_ttl: timedelta
     refresh_ttl: timedelta
+    service_ttl: timedelta = timedelta(minutes=10)
 
 
 def access_claims(user: User, policy: TokenPolicy, now: datetime, token_id: str | None = None) -> dict[str, Any]:
@@ -111,6 +113,21 @@ def access_claims(user: User, policy: TokenPolicy, now: datetime, token_id: str 
         "aud": policy.audience,
         "jti": token_id or str(uuid.uuid4()),
         "token_use": ACCESS_TOKEN_USE,
+    }
+
+
+def service_claims(service: str, policy: TokenPolicy, now: datetime) -> dict[str, Any]:
+    """The claims of a service token (see auth.proto): the internal audience, so the edge,
+    which accepts only the platform's audience, never takes one for a user's token."""
+    issued = int(now.timestamp())
+    return {
+        "sub": service,
+        "iat": issued,
+        "exp": issued + int(policy.service_ttl.total_seconds()),
+        "iss": policy.issuer,
+        "aud": SERVICE_AUDIENCE,
+        "jti": str(uuid.uuid4()),
+        "token_use": SERVICE_TOKEN_USE,
     }
 
 

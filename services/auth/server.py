@@ -8,10 +8,14 @@ from services.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.domain import User
 from services.auth.service import AuthService, IssuedTokens
 from services.kit.auth import current_principal
+from services.kit.identity import client_address
 from services.kit.protos import timestamp
 
 SERVICE_NAME = "auth.v1.AuthService"
-PUBLIC_METHODS = frozenset(f"/{SERVICE_NAME}/{name}" for name in ("SignUp", "Login", "Refresh", "Logout", "GetJwks"))
+# IssueServiceToken is internal (the edge refuses it) but needs no token: its request is the proof.
+PUBLIC_METHODS = frozenset(
+    f"/{SERVICE_NAME}/{name}" for name in ("SignUp", "Login", "Refresh", "Logout", "GetJwks", "IssueServiceToken")
+)
 
 
 def user_message(user: User) -> auth_pb2.User:
@@ -30,26 +34,18 @@ def token_pair(tokens: IssuedTokens) -> auth_pb2.TokenPair:
     )
 
 
-def client_address(context: Any) -> str:
-    """The caller's address: the first X-Forwarded-For hop set at the edge, else the peer."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-forwarded-for" and value:
-            return str(value).split(",")[0].strip()
-    peer: str = context.peer() or "unknown"
-    # "ipv4:127.0.0.1:53422" → "127.0.0.1"
-    return peer.split(":")[1] if peer.count(":") >= 2 else peer
-
-
 class AuthServer(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self, service: AuthService) -> None:
+    def __init__(self, service: AuthService, edge_credential: str) -> None:
         self.service = service
+        self.edge_credential = edge_credential
 
     async def SignUp(self, request: auth_pb2.SignUpRequest, context: Any) -> auth_pb2.SignUpResponse:
         user, tokens = await self.service.sign_up(request.email, request.password, request.display_name)
         return auth_pb2.SignUpResponse(user=user_message(user), tokens=token_pair(tokens))
 
     async def Login(self, request: auth_pb2.LoginRequest, context: Any) -> auth_pb2.LoginResponse:
-        user, tokens = await self.service.login(request.email, request.password, client_address(context))
+        address = client_address(context.invocation_metadata(), context.peer(), self.edge_credential)
+        user, tokens = await self.service.login(request.email, request.password, address)
         return auth_pb2.LoginResponse(user=user_message(user), tokens=token_pair(tokens))
 
     async def Refresh(self, request: auth_pb2.RefreshRequest, context: Any) -> auth_pb2.RefreshResponse:
@@ -61,6 +57,14 @@ class AuthServer(auth_pb2_grpc.AuthServiceServicer):
 
     async def GetJwks(self, request: auth_pb2.GetJwksRequest, context: Any) -> auth_pb2.GetJwksResponse:
         return auth_pb2.GetJwksResponse(keys=[auth_pb2.JsonWebKey(**jwk) for jwk in self.service.jwks()])
+
+    async def IssueServiceToken(
+        self, request: auth_pb2.IssueServiceTokenRequest, context: Any
+    ) -> auth_pb2.IssueServiceTokenResponse:
+        issued = self.service.issue_service_token(request.service, request.credential)
+        return auth_pb2.IssueServiceTokenResponse(
+            service_token=issued.token, expires_in_seconds=int(issued.expires_in_s)
+        )
 
     async def WhoAmI(self, request: auth_pb2.WhoAmIRequest, context: Any) -> auth_pb2.WhoAmIResponse:
         return auth_pb2.WhoAmIResponse(user=user_message(await self.service.who_am_i(current_principal().user_id)))

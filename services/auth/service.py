@@ -1,4 +1,5 @@
-"""Auth use cases: sign up, log in, refresh, log out, publish keys, rotate keys.
+"""Auth use cases: sign up, log in, refresh, log out, issue service tokens, publish keys,
+rotate keys.
 
 Each use case is one database transaction; the UserSignedUp event is written in the same
 transaction as the user (outbox). Password hashing is deliberately slow, so it runs in a
@@ -41,12 +42,14 @@ from services.auth.domain import (
     normalize_email,
     published_keys,
     rotation_plan,
+    service_claims,
 )
 from services.auth.repository import AuthRepository, LoginAttempts
 from services.kit.auth import ALGORITHM
 from services.kit.db import SessionFactory, transaction
 from services.kit.errors import NotFound, RateLimited, Unauthenticated, Unavailable
 from services.kit.events import new_envelope
+from services.kit.identity import IssuedServiceToken, check_credential, check_service_name, credential_matches
 from services.kit.outbox import record_event
 
 BAD_CREDENTIALS = "email or password is wrong"
@@ -87,6 +90,7 @@ class AuthService:
         keys: KeySettings,
         on_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        platform_secret: str = "",
     ) -> None:
         self.sessions = sessions
         self.repository = repository
@@ -97,6 +101,7 @@ class AuthService:
         self.key_settings = keys
         self.on_commit = on_commit  # wakes the outbox relay
         self.clock = clock
+        self.platform_secret = platform_secret  # verifies service credentials (see issue_service_token)
         self._keys: list[SigningKey] = []
         # A hash of a random password, for logins to unknown emails (see login).
         self._unknown_user_hash = hasher.hash(uuid.uuid4().hex)
@@ -218,6 +223,16 @@ class AuthService:
             access_ttl=self.policy.access_ttl,
             refresh_ttl=self.policy.refresh_ttl,
         )
+
+    # ------------------------------------------------------------ services
+
+    def issue_service_token(self, service: str, credential: str) -> IssuedServiceToken:
+        """A short-lived service token for a platform service that proves its name."""
+        service, credential = check_service_name(service), check_credential(credential)
+        if not self.platform_secret or not credential_matches(self.platform_secret, service, credential):
+            raise Unauthenticated(f"this credential does not belong to service {service!r}")
+        token = self.sign(service_claims(service, self.policy, self.clock()))
+        return IssuedServiceToken(token, self.policy.service_ttl.total_seconds())
 
     # ---------------------------------------------------------------- keys
 

@@ -38,10 +38,12 @@ async def build(settings: ChatSettings, resources: AsyncExitStack) -> app.Applic
     store = await app.open_store(settings, "chat", MIGRATIONS, resources)
     sessions, relay = store.sessions, store.relay
 
-    # Peers are called as the caller: these channels forward the caller's token and deadline.
-    knowledge = service_channel(settings.knowledge_grpc_target)
+    # Peers are called as the caller: these channels forward the caller's token and deadline,
+    # and say that the chat service is calling.
+    identity = app.service_tokens(settings, resources)
+    knowledge = service_channel(settings.knowledge_grpc_target, service_tokens=identity)
     resources.push_async_callback(knowledge.close)
-    vector = service_channel(settings.vector_grpc_target)
+    vector = service_channel(settings.vector_grpc_target, service_tokens=identity)
     resources.push_async_callback(vector.close)
     service = ChatService(
         sessions=sessions,
@@ -52,9 +54,9 @@ async def build(settings: ChatSettings, resources: AsyncExitStack) -> app.Applic
         on_commit=relay.wake,
     )
 
-    # One verifier (and one JWKS cache) for both ways in.
-    verifier = app.platform_verifier(settings)
-    websocket = await open_server(ChatWebSocketEndpoint(service, verifier), settings.grpc_host, settings.ws_port)
+    # One set of verifiers (and one JWKS cache) for both ways in.
+    verifiers = app.platform_verifiers(settings)
+    websocket = await open_server(ChatWebSocketEndpoint(service, verifiers.users), settings.grpc_host, settings.ws_port)
     resources.push_async_callback(close_websocket, websocket)
     # The library logs every connection at INFO; the endpoint's own spans already record them.
     logging.getLogger("websockets").setLevel(logging.WARNING)
@@ -68,7 +70,7 @@ async def build(settings: ChatSettings, resources: AsyncExitStack) -> app.Applic
     )
     # The WebSocket server accepts sockets while its loop runs; cancelling the loop (shutdown)
     # closes every socket (1001, going away) and waits for their handlers.
-    return app.Application(spec=spec, verifier=verifier, background=[relay.run, websocket.serve_forever])
+    return app.Application(spec=spec, verifiers=verifiers, background=[relay.run, websocket.serve_forever])
 
 
 async def close_websocket(server: Server) -> None:

@@ -6,8 +6,12 @@ second adapter of the same use case as gRPC Ask (`ChatService.ask`): one impleme
 asking, two ways in.
 
 Authentication: the access token goes in the `Authorization: Bearer <token>` header of the
-upgrade request, or, since browsers cannot set headers on WebSockets, in the `access_token`
-query parameter (`/v1/chat/ws?access_token=<token>`). It is verified like any gRPC call's. A
+upgrade request. Browsers cannot set headers on WebSockets: they offer two subprotocols,
+`kp.chat.v1` and `access_token.<token>` (`new WebSocket(url, ["kp.chat.v1", "access_token." +
+token])`); the server selects `kp.chat.v1`, so the token is never echoed, and nothing puts it
+in a URL. The `access_token` query parameter (`/v1/chat/ws?access_token=<token>`) is accepted
+too; Envoy leaves query strings out of its access log. The token is verified like any gRPC
+call's. A
 missing, invalid or expired token closes the socket with code 4401 and a reason; so does an ask
 sent after the token expired (reconnect with a fresh token). If the signing keys cannot be
 fetched the socket closes with 1013 (try again later).
@@ -47,7 +51,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Protocol, TypeAlias
@@ -58,20 +62,24 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from services.chat.domain import AnswerComplete, AnswerDelta, AskUpdate, Citation
 from services.kit.auth import Principal, TokenVerifier, bearer_token, set_principal
 from services.kit.errors import DomainError, InvalidArgument, RateLimited, Unauthenticated, Unavailable, status_for
 from services.kit.server import SERVER_ERROR_CODES, set_deadline_in
 from services.kit.telemetry import current_trace_id
+from services.kit.text import is_unicode, json_object
 
 log = logging.getLogger("services.chat.websocket")
 _tracer = trace.get_tracer("services.chat.websocket")
 
 WS_PATH = "/v1/chat/ws"
 TOKEN_QUERY_PARAMETER = "access_token"
+CHAT_SUBPROTOCOL = "kp.chat.v1"
+TOKEN_SUBPROTOCOL_PREFIX = "access_token."  # the rest of the offered subprotocol is the token
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_REASON_MAX_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
@@ -83,7 +91,8 @@ MAX_MESSAGE_BYTES = 64 * 1024
 ASK_DEADLINE_S = 60.0
 CLOSE_TIMEOUT_S = 2.0
 MISSING_WS_TOKEN = (
-    f"this socket needs an access token: send 'Authorization: Bearer <token>' or ?{TOKEN_QUERY_PARAMETER}=<token>"
+    "this socket needs an access token: send 'Authorization: Bearer <token>', or offer the subprotocols "
+    f"'{CHAT_SUBPROTOCOL}' and '{TOKEN_SUBPROTOCOL_PREFIX}<token>'"
 )
 
 
@@ -124,14 +133,10 @@ class ProtocolError(Exception):
 
 def parse_command(raw: str | bytes) -> Command:
     """A client message as a command, or ProtocolError saying what is wrong with it."""
-    if isinstance(raw, bytes):
-        raise ProtocolError("message", "must be a JSON object in a text frame, not a binary frame")
     try:
-        body = json.loads(raw)
-    except ValueError as error:
-        raise ProtocolError("message", f"is not valid JSON ({error.args[0] if error.args else error})") from error
-    if not isinstance(body, dict):
-        raise ProtocolError("message", "must be a JSON object with a 'type'")
+        body = json_object(raw)
+    except InvalidArgument as error:
+        raise ProtocolError(error.field, error.problem, _request_id_in(raw)) from None
     request_id = _request_id(body.get("request_id"))
     kind = body.get("type")
     if kind == "ask":
@@ -153,9 +158,19 @@ def parse_command(raw: str | bytes) -> Command:
 
 def _request_id(value: object) -> str | None:
     """A usable request id, or None when absent or unusable (the error then names no ask)."""
-    if isinstance(value, str) and 1 <= len(value) <= REQUEST_ID_MAX:
+    if isinstance(value, str) and 1 <= len(value) <= REQUEST_ID_MAX and is_unicode(value):
         return value
     return None
+
+
+def _request_id_in(raw: str | bytes) -> str | None:
+    """The request id of a message refused as a whole, when a shallow look can find it (so
+    the error names the ask); a message too deep or malformed to read names none."""
+    try:
+        body = json.loads(raw) if isinstance(raw, str) else None
+    except (ValueError, RecursionError):
+        return None
+    return _request_id(body.get("request_id")) if isinstance(body, dict) else None
 
 
 def _string(body: dict[str, Any], field: str, request_id: str) -> str:
@@ -207,16 +222,34 @@ def cancelled_event(request_id: str) -> Event:
 
 
 def token_of(request: Request | None) -> str | None:
-    """The access token of an upgrade request: the Authorization header, else the query."""
+    """The access token of an upgrade request: the Authorization header, else an offered
+    `access_token.` subprotocol, else the query."""
     if request is None:
         return None
     token = bearer_token(request.headers.raw_items())
     if token is not None:
         return token
+    for offered in offered_subprotocols(request):
+        if offered.startswith(TOKEN_SUBPROTOCOL_PREFIX) and len(offered) > len(TOKEN_SUBPROTOCOL_PREFIX):
+            return offered.removeprefix(TOKEN_SUBPROTOCOL_PREFIX)
     values = parse_qs(urlsplit(request.path).query).get(TOKEN_QUERY_PARAMETER, [])
     if not values or not values[0].strip():
         return None
     return values[0].strip()
+
+
+def offered_subprotocols(request: Request) -> list[str]:
+    return [item.strip() for value in request.headers.get_all("Sec-WebSocket-Protocol") for item in value.split(",")]
+
+
+def select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """The chat protocol when the client offers it; never the token entry (it would be echoed
+    back); none for a client that offers none (it sent its token in a header)."""
+    if CHAT_SUBPROTOCOL in offered:
+        return Subprotocol(CHAT_SUBPROTOCOL)
+    if offered:
+        raise NegotiationError(f"offer the '{CHAT_SUBPROTOCOL}' subprotocol beside '{TOKEN_SUBPROTOCOL_PREFIX}<token>'")
+    return None
 
 
 def close_reason(text: str) -> str:
@@ -420,6 +453,7 @@ async def open_server(endpoint: ChatWebSocketEndpoint, host: str, port: int) -> 
             host,
             port,
             process_request=endpoint.check_path,
+            select_subprotocol=select_subprotocol,
             max_size=MAX_MESSAGE_BYTES,
             # A client that does not answer our close frame must not hold up shutdown.
             close_timeout=CLOSE_TIMEOUT_S,

@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import uvloop
 
 from services.api.auth.v1 import auth_pb2, auth_pb2_grpc
-from services.kit.auth import RefreshingKeys, TokenVerifier
+from services.kit.auth import KeySource, RefreshingKeys, TokenVerifier
 from services.kit.clients import service_channel
 from services.kit.db import SessionFactory, create_engine, session_factory
+from services.kit.identity import SERVICE_AUDIENCE, SERVICE_TOKEN_USE, IssuedServiceToken, ServiceTokens
 from services.kit.kafka import EventProducer, new_producer
 from services.kit.migrations import upgrade_to_head
 from services.kit.outbox import OutboxRelay
@@ -39,10 +41,19 @@ Loop = Callable[[], Awaitable[None]]
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 
 
+@dataclass(frozen=True)
+class Verifiers:
+    """A service's token checks: its users' access tokens and other services' service tokens,
+    both against the auth service's keys (one JWKS cache serves both)."""
+
+    users: TokenVerifier
+    services: TokenVerifier
+
+
 @dataclass
 class Application:
     spec: ServiceSpec
-    verifier: TokenVerifier | None
+    verifiers: Verifiers | None
     background: Sequence[Loop] = field(default_factory=list)
 
 
@@ -73,10 +84,11 @@ async def run(build: Build[SettingsT], settings: SettingsT, version: str) -> Non
             app = await build(settings, resources)
             built = await build_server(
                 app.spec,
-                app.verifier,
+                app.verifiers.users if app.verifiers else None,
                 settings.grpc_host,
                 settings.grpc_port,
                 reflection_enabled=settings.grpc_reflection,
+                service_verifier=app.verifiers.services if app.verifiers else None,
             )
             keep_helper_threads_from_preempting_the_loop()
             loops = [asyncio.create_task(supervised(loop)) for loop in app.background]
@@ -145,9 +157,18 @@ async def open_store(settings: ServiceSettings, database: str, migrations: Path,
     return Store(dsn, sessions, producer, OutboxRelay(sessions, producer))
 
 
-def platform_verifier(settings: ServiceSettings) -> TokenVerifier:
-    """Verifies access tokens with the auth service's JWKS (fetched on first use, refreshed
-    when a token names a key we have not seen)."""
+def verifiers_for(keys: KeySource, settings: ServiceSettings, leeway_s: int = 30) -> Verifiers:
+    return Verifiers(
+        users=TokenVerifier(keys, settings.jwt_issuer, [settings.jwt_audience], leeway_s=leeway_s),
+        services=TokenVerifier(
+            keys, settings.jwt_issuer, [SERVICE_AUDIENCE], leeway_s=leeway_s, token_use=SERVICE_TOKEN_USE
+        ),
+    )
+
+
+def platform_verifiers(settings: ServiceSettings) -> Verifiers:
+    """Verifies tokens with the auth service's JWKS (fetched on first use, refreshed when a
+    token names a key we have not seen)."""
     channel = service_channel(settings.auth_grpc_target)
     stub = auth_pb2_grpc.AuthServiceStub(channel)
 
@@ -157,4 +178,24 @@ def platform_verifier(settings: ServiceSettings) -> TokenVerifier:
             "keys": [{"kty": k.kty, "kid": k.kid, "use": k.use, "alg": k.alg, "n": k.n, "e": k.e} for k in reply.keys]
         }
 
-    return TokenVerifier(RefreshingKeys(fetch_jwks), settings.jwt_issuer, [settings.jwt_audience])
+    return verifiers_for(RefreshingKeys(fetch_jwks), settings)
+
+
+def service_tokens(settings: ServiceSettings, resources: AsyncExitStack) -> ServiceTokens | None:
+    """This service's identity towards its peers (None when it was given no credential: its
+    calls to internal methods will then be refused)."""
+    credential = settings.own_credential()
+    if not credential:
+        log.warning("%s has no service credential: other services' internal methods refuse it", settings.service_name)
+        return None
+    # A channel of its own: a token fetch must not carry the end user's token or deadline.
+    channel = grpc.aio.insecure_channel(settings.auth_grpc_target)
+    resources.push_async_callback(channel.close)
+    stub = auth_pb2_grpc.AuthServiceStub(channel)
+
+    async def issue(service: str, credential: str) -> IssuedServiceToken:
+        request = auth_pb2.IssueServiceTokenRequest(service=service, credential=credential)
+        reply = await stub.IssueServiceToken(request, timeout=3)
+        return IssuedServiceToken(reply.service_token, reply.expires_in_seconds)
+
+    return ServiceTokens(settings.service_name, credential, issue)

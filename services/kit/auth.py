@@ -103,17 +103,25 @@ class RefreshingKeys:
 
 
 class TokenVerifier:
-    """Checks access tokens. A token verified once is remembered until it expires: a token
-    never changes, and an RSA signature check costs more than the rest of a cheap request."""
+    """Checks access tokens (or, with `token_use="service"`, service tokens). A token
+    verified once is remembered until it expires: a token never changes, and an RSA signature
+    check costs more than the rest of a cheap request."""
 
     def __init__(
-        self, keys: KeySource, issuer: str, audiences: Sequence[str], leeway_s: int = 30, cache_size: int = 10_000
+        self,
+        keys: KeySource,
+        issuer: str,
+        audiences: Sequence[str],
+        leeway_s: int = 30,
+        cache_size: int = 10_000,
+        token_use: str = ACCESS_TOKEN_USE,
     ) -> None:
         self.keys = keys
         self.issuer = issuer
         self.audiences = list(audiences)
         self.leeway_s = leeway_s
         self.cache_size = cache_size
+        self.token_use = token_use
         self._verified: OrderedDict[str, Principal] = OrderedDict()
 
     async def verify(self, token: str) -> Principal:
@@ -141,8 +149,10 @@ class TokenVerifier:
         if key is None:
             raise Unauthenticated("token was signed with an unknown key; log in again for a fresh token")
         claims = decode_claims(token, key, self.issuer, self.audiences, self.leeway_s)
-        if claims.get("token_use") != ACCESS_TOKEN_USE:
-            raise Unauthenticated("this is not an access token; send the access token from login or refresh")
+        if claims.get("token_use") != self.token_use:
+            if self.token_use == ACCESS_TOKEN_USE:
+                raise Unauthenticated("this is not an access token; send the access token from login or refresh")
+            raise Unauthenticated(f"this is not a {self.token_use} token")
         return Principal(
             user_id=str(claims["sub"]),
             email=str(claims.get("email", "")),

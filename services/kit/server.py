@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -38,6 +38,7 @@ from services.kit.auth import (
     set_principal,
 )
 from services.kit.errors import DomainError, InvalidArgument, Unauthenticated, status_for
+from services.kit.identity import SERVICE_TOKEN_HEADER, metadata_value
 from services.kit.telemetry import current_trace_id
 from services.kit.text import check_strings
 
@@ -85,6 +86,9 @@ class ServiceSpec:
     grpc_services: Sequence[str]  # fully qualified names, for health and reflection
     register: Registrar  # adds the servicers to the server
     public_methods: frozenset[str] = field(default_factory=frozenset)  # e.g. "/auth.v1.AuthService/Login"
+    # Methods only other platform services may call: they need a service token (the end
+    # user's token, forwarded for audit, is optional), e.g. "/knowledge.v1.KnowledgeService/CheckAccess".
+    internal_methods: frozenset[str] = field(default_factory=frozenset)
 
 
 class RpcBoundary(grpc.aio.ServerInterceptor):
@@ -96,9 +100,13 @@ class RpcBoundary(grpc.aio.ServerInterceptor):
         public_methods: Iterable[str],
         tracer: trace.Tracer | None = None,
         receive_timeout_s: float = RECEIVE_TIMEOUT_S,
+        internal_methods: Iterable[str] = (),
+        service_verifier: TokenVerifier | None = None,
     ) -> None:
         self.verifier = verifier
         self.public_methods = frozenset(public_methods)
+        self.internal_methods = frozenset(internal_methods)
+        self.service_verifier = service_verifier
         self.tracer = tracer or _tracer
         self.receive_timeout_s = receive_timeout_s
         # A method's handler never changes: wrap it once, not on every call.
@@ -118,17 +126,21 @@ class RpcBoundary(grpc.aio.ServerInterceptor):
             handler = await continuation(handler_call_details)
             if handler is None:
                 return None
-            enter = self._enter(method, self.is_public(method))
+            enter = self._enter(method)
             wrapped = self._wrapped[method] = wrap_handler(handler, enter, self.receive_timeout_s)
         return wrapped
 
-    def _enter(self, method: str, public: bool) -> Callable[[Context], Awaitable[CallScope]]:
+    def _enter(self, method: str) -> Callable[[Context], Awaitable[CallScope]]:
         service, _, name = method.lstrip("/").partition("/")
+        internal = method in self.internal_methods
+        public = internal or self.is_public(method)
 
         async def enter(context: Context) -> CallScope:
             scope = CallScope(context, server_span(self.tracer, context, service, name))
             scope.deadline_token = set_deadline_in(context.time_remaining())
             try:
+                if internal:
+                    await self._authenticate_service(context, method)
                 principal = await self._authenticate(context, public)
             except DomainError as error:
                 await scope.abort_with(error)
@@ -136,6 +148,19 @@ class RpcBoundary(grpc.aio.ServerInterceptor):
             return scope
 
         return enter
+
+    async def _authenticate_service(self, context: Context, method: str) -> None:
+        """An internal method's caller must be a platform service with a valid service token."""
+        token = metadata_value(context.invocation_metadata(), SERVICE_TOKEN_HEADER)
+        if token is None or self.service_verifier is None:
+            raise Unauthenticated(
+                f"{method} is internal to the platform: only its services may call it, "
+                f"with a service token from the auth service in '{SERVICE_TOKEN_HEADER}'"
+            )
+        caller = await self.service_verifier.verify(token)
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute("rpc.caller.service", caller.user_id)
 
     async def _authenticate(self, context: Context, public: bool) -> Principal | None:
         """The caller's principal; public methods accept anonymous calls and ignore bad tokens."""
@@ -257,10 +282,12 @@ async def checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 
 def checked(request: Any) -> Any:
-    """A decoded request message, or the INVALID_ARGUMENT it deserves."""
+    """A decoded request message, or the INVALID_ARGUMENT it deserves. (A method registered
+    without a deserializer gets the raw bytes, which it parses itself.)"""
     if isinstance(request, MalformedRequest):
         raise request.error()
-    check_strings(request)
+    if isinstance(request, Message):
+        check_strings(request)
     return request
 
 
@@ -362,11 +389,20 @@ async def build_server(
     *,
     reflection_enabled: bool = False,
     receive_timeout_s: float = RECEIVE_TIMEOUT_S,
+    service_verifier: TokenVerifier | None = None,
 ) -> BuiltServer:
     """A started server that answers health NOT_SERVING until `set_serving(True)`. Reflection
     (listing every method to anyone who asks) is for development only."""
     server = grpc.aio.server(
-        interceptors=[RpcBoundary(verifier, spec.public_methods, receive_timeout_s=receive_timeout_s)],
+        interceptors=[
+            RpcBoundary(
+                verifier,
+                spec.public_methods,
+                receive_timeout_s=receive_timeout_s,
+                internal_methods=spec.internal_methods,
+                service_verifier=service_verifier,
+            )
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

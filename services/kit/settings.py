@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from urllib.parse import quote, urlencode, urlsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.kit.identity import credential_for
 
 # The platform's token identity, shared by the auth service (issuer), every verifier and Envoy.
 JWT_ISSUER = "https://auth.platform.local"
@@ -45,8 +47,24 @@ class ServiceSettings(BaseSettings):
 
     jwt_issuer: str = JWT_ISSUER
     jwt_audience: str = JWT_AUDIENCE
+    # Identity among the services (services.kit.identity). The auth service holds the platform
+    # secret; every other service its own credential — or, where all services share one trust
+    # domain (a local Docker Compose), the platform secret to derive it from. The edge
+    # credential is the secret Envoy shows: next to it, x-forwarded-for is the client's address.
+    platform_secret: SecretStr = SecretStr("")
+    service_credential: SecretStr = SecretStr("")
+    edge_credential: SecretStr = SecretStr("")
+
     auth_grpc_target: str = "127.0.0.1:15051"
     knowledge_grpc_target: str = "127.0.0.1:15052"
+
+    def own_credential(self) -> str:
+        """This service's credential, given or derived from the platform secret ("" if neither)."""
+        if self.service_credential.get_secret_value():
+            return self.service_credential.get_secret_value()
+        if self.platform_secret.get_secret_value():
+            return credential_for(self.platform_secret.get_secret_value(), self.service_name)
+        return ""
 
     def database_dsn(self, database: str) -> str:
         """SQLAlchemy async DSN for one of the service's databases."""

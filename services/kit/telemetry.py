@@ -3,7 +3,8 @@ of every call a service makes.
 
 - gRPC: the kit's server boundary makes SERVER spans; its channels make CLIENT spans;
 - PostgreSQL: SQLAlchemy's instrumentation (services.kit.db), plus HotReads' own spans;
-- Redis and aiohttp: their OpenTelemetry instrumentations, installed here;
+- Redis and aiohttp: their OpenTelemetry instrumentations, installed here (aiohttp's spans
+  record URLs without their query strings: a WebSocket's token may be in one);
 - Kafka: the kit's producer and consumer, which carry the context in record headers;
 - DynamoDB (and any AWS API): `trace_aws_client`, on botocore's event hooks, because
   aiobotocore's async clients bypass what the botocore instrumentation patches.
@@ -72,7 +73,12 @@ def _instrument_libraries() -> None:
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
     RedisInstrumentor().instrument()
-    AioHttpClientInstrumentor().instrument()
+    AioHttpClientInstrumentor().instrument(url_filter=without_query)
+
+
+def without_query(url: Any) -> str:
+    """The URL a span records: its query string may carry a secret (`?access_token=`)."""
+    return str(url).partition("?")[0]
 
 
 def trace_aws_client(client: Any, tracer_provider: trace.TracerProvider | None = None) -> None:

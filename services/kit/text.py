@@ -1,13 +1,16 @@
 """Rules that hold for every string a caller sends, whatever the service and transport.
 
 The call boundary (`services.kit.server`) applies them to every request message before a
-handler sees it, and the WebSocket bridges apply them to their frames, so a service's domain
-only checks its own limits. A string holding U+0000 is refused as bad input: PostgreSQL text
-cannot store it, and no field of the platform means it.
+handler sees it, and the WebSocket endpoints read their frames with `json_object`, so a
+service's domain only checks its own limits. A string holding U+0000 is refused as bad input:
+PostgreSQL text cannot store it, and no field of the platform means it. A JSON frame may spell
+a lone surrogate, which is no text at all, or nest without end: both are refused there, before
+anything is stored or answered. (Protobuf itself refuses invalid UTF-8.)
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -17,6 +20,9 @@ from services.kit.errors import InvalidArgument
 
 NUL = "\x00"
 NUL_PROBLEM = "must not contain the NUL character (U+0000)"
+UNICODE_PROBLEM = "must be valid Unicode text (a lone surrogate such as \\ud800 is not)"
+# Deeper than any message of the platform's JSON protocols nests.
+MAX_JSON_DEPTH = 32
 
 
 def reject_nul(value: str, field: str) -> None:
@@ -33,6 +39,47 @@ def trimmed_text(raw: str, field: str, low: int, high: int) -> str:
             raise InvalidArgument(field, f"is required: {low}–{high} characters after trimming")
         raise InvalidArgument(field, f"must be {low}–{high} characters after trimming, got {len(text)}")
     return text
+
+
+def is_unicode(text: str) -> bool:
+    """False for a str that holds a lone surrogate (JSON can spell one: "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def json_object(raw: str | bytes, field: str = "message") -> dict[str, Any]:
+    """A client's JSON message (a WebSocket text frame) as an object, or INVALID_ARGUMENT: it
+    must parse, nest at most MAX_JSON_DEPTH deep, and hold only valid Unicode strings."""
+    if isinstance(raw, bytes):
+        raise InvalidArgument(field, "must be a JSON object in a text frame, not a binary frame")
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise InvalidArgument(field, f"nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as error:
+        raise InvalidArgument(field, f"is not valid JSON ({error.args[0] if error.args else error})") from error
+    if not isinstance(body, dict):
+        raise InvalidArgument(field, "must be a JSON object")
+    _check_json(body, field, 1)
+    return body
+
+
+def _check_json(value: Any, path: str, depth: int) -> None:
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidArgument(path, f"nests deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str) and not is_unicode(value):
+        raise InvalidArgument(path, UNICODE_PROBLEM)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not is_unicode(key):
+                raise InvalidArgument(path, f"has a key that {UNICODE_PROBLEM}")
+            _check_json(item, key if depth == 1 else f"{path}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json(item, f"{path}[{index}]", depth + 1)
 
 
 def check_strings(message: Message) -> None:

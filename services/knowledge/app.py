@@ -5,14 +5,17 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import redis.asyncio as aioredis
+
 from services.api.knowledge.v1 import knowledge_pb2_grpc
 from services.kit import app
+from services.kit.access import AccessEpochs
 from services.kit.db import HotReads
 from services.kit.server import ServiceSpec
 from services.kit.settings import ServiceSettings
 from services.knowledge import VERSION
 from services.knowledge.repository import KnowledgeRepository
-from services.knowledge.server import PUBLIC_METHODS, SERVICE_NAME, KnowledgeServer
+from services.knowledge.server import INTERNAL_METHODS, SERVICE_NAME, KnowledgeServer
 from services.knowledge.service import KnowledgeService
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -29,7 +32,15 @@ async def build(settings: KnowledgeSettings, resources: AsyncExitStack) -> app.A
 
     reads = await HotReads.open(store.dsn)
     resources.push_async_callback(reads.close)
-    service = KnowledgeService(sessions=sessions, repository=KnowledgeRepository(), reads=reads, on_commit=relay.wake)
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    resources.push_async_callback(redis.aclose)
+    service = KnowledgeService(
+        sessions=sessions,
+        repository=KnowledgeRepository(),
+        reads=reads,
+        epochs=AccessEpochs(redis),
+        on_commit=relay.wake,
+    )
     spec = ServiceSpec(
         name="knowledge",
         version=VERSION,
@@ -37,10 +48,10 @@ async def build(settings: KnowledgeSettings, resources: AsyncExitStack) -> app.A
         register=lambda server: knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server(
             KnowledgeServer(service), server
         ),
-        public_methods=PUBLIC_METHODS,
+        internal_methods=INTERNAL_METHODS,
     )
     # Tokens are verified against the auth service's JWKS, fetched on first use.
-    return app.Application(spec=spec, verifier=app.platform_verifier(settings), background=[relay.run])
+    return app.Application(spec=spec, verifiers=app.platform_verifiers(settings), background=[relay.run])
 
 
 def main() -> None:

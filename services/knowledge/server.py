@@ -12,7 +12,7 @@ from services.knowledge.service import KnowledgeService
 
 SERVICE_NAME = "knowledge.v1.KnowledgeService"
 # Service-to-service checks: callers forward a user's token when they have one, but need none.
-PUBLIC_METHODS = frozenset(f"/{SERVICE_NAME}/{name}" for name in ("CheckAccess", "ListAccessibleSpaces"))
+INTERNAL_METHODS = frozenset(f"/{SERVICE_NAME}/{name}" for name in ("CheckAccess", "ListAccessibleSpaces"))
 
 
 def role_message(role: Role | None) -> knowledge_pb2.Role.ValueType:

@@ -4,7 +4,8 @@ services ask for.
 Input is validated first, then the caller's role in the space (authorisation before existence:
 a missing space and a space the caller is not in answer alike), then the change. Each change
 is one database transaction that also records its event (outbox); the relay is woken once it
-commits. Rows whose read-check-write must be atomic are locked: the document row for a version
+commits. A membership change also bumps the user's access epoch before it returns. Rows whose
+read-check-write must be atomic are locked: the document row for a version
 check, the space row for membership changes (the last-owner rule) and document creation
 (creation order), and the caller's membership while a write it allows is made.
 """
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from google.protobuf.message import Message
 
 from services.api.events.v1 import events_pb2
+from services.kit.access import AccessEpochs
 from services.kit.db import HotReads, SessionFactory, transaction
 from services.kit.errors import AlreadyExists, NotFound
 from services.kit.events import EventEnvelope, new_envelope
@@ -82,12 +84,16 @@ class KnowledgeService:
         sessions: SessionFactory,
         repository: KnowledgeRepository,
         reads: HotReads,
+        epochs: AccessEpochs,
         on_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.sessions = sessions
         self.reads = reads  # the hottest reads, straight on asyncpg
         self.repository = repository
+        # Bumped after every membership change, before it returns: other services' access
+        # caches never answer with the old membership afterwards (services.kit.access).
+        self.epochs = epochs
         self.on_commit = on_commit  # wakes the outbox relay
         self.clock = clock
 
@@ -115,6 +121,7 @@ class KnowledgeService:
             )
             await record_event(session, self._member_added(owner, caller_id))
         self.on_commit()
+        await self.epochs.bump([caller_id])
         return space
 
     async def get_space(self, caller_id: str, space_id: str) -> tuple[Space, Role]:
@@ -149,6 +156,7 @@ class KnowledgeService:
                 )
             await record_event(session, self._member_added(membership, caller_id))
         self.on_commit()
+        await self.epochs.bump([user_id])
         return membership
 
     async def update_member_role(self, caller_id: str, space_id: str, user_id: str, role: int) -> Membership:
@@ -184,6 +192,7 @@ class KnowledgeService:
                 ),
             )
         self.on_commit()
+        await self.epochs.bump([user_id])
         return changed
 
     async def remove_member(self, caller_id: str, space_id: str, user_id: str) -> None:
@@ -215,6 +224,7 @@ class KnowledgeService:
                 ),
             )
         self.on_commit()
+        await self.epochs.bump([user_id])
 
     async def list_members(self, caller_id: str, space_id: str, page_size: int, page_token: str) -> Page[Membership]:
         space_id = parse_id(space_id, "space_id")

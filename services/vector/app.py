@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from services.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from services.api.vector.v1 import vector_pb2_grpc
 from services.kit import app
+from services.kit.access import AccessCache, AccessEpochs
 from services.kit.clients import service_channel
 from services.kit.consumer import EventConsumer, RedisIdempotency
 from services.kit.events import topic_for
@@ -18,7 +19,6 @@ from services.kit.kafka import EventProducer, new_producer
 from services.kit.server import ServiceSpec
 from services.kit.settings import ServiceSettings
 from services.vector import VERSION
-from services.vector.access import AccessCache
 from services.vector.embeddings import Embedder, embedder_from_name
 from services.vector.index import ChunkIndex, EdgeIndex, QdrantServerIndex
 from services.vector.indexing import Indexer
@@ -38,8 +38,11 @@ class VectorSettings(ServiceSettings):
     qdrant_url: str = ""
     # "all-MiniLM-L6-v2" (semantic) or "lexical-hash-384" (fast, lexical: tests and load).
     embedding_model: str = "all-MiniLM-L6-v2"
-    # Backstop expiry of cached access answers; membership events drop them sooner.
+    # Backstop expiry of cached access answers (services.kit.access): access epochs make a
+    # change effective at once, membership events drop entries early.
     access_cache_ttl_s: float = 30.0
+    # Reindex jobs one caller may have waiting at once (services.vector.reindexing).
+    reindex_per_caller: int = 2
 
 
 async def open_index(settings: VectorSettings, dimensions: int) -> ChunkIndex:
@@ -90,7 +93,9 @@ async def build(settings: VectorSettings, resources: AsyncExitStack) -> app.Appl
     await kafka.start()
     resources.push_async_callback(kafka.stop)
 
-    knowledge_channel = service_channel(settings.knowledge_grpc_target)
+    knowledge_channel = service_channel(
+        settings.knowledge_grpc_target, service_tokens=app.service_tokens(settings, resources)
+    )
     resources.push_async_callback(knowledge_channel.close)
     knowledge = knowledge_pb2_grpc.KnowledgeServiceStub(knowledge_channel)
 
@@ -98,10 +103,11 @@ async def build(settings: VectorSettings, resources: AsyncExitStack) -> app.Appl
         request = knowledge_pb2.ListAccessibleSpacesRequest(user_id=user_id, minimum_role=knowledge_pb2.ROLE_VIEWER)
         return [space.space_id for space in (await knowledge.ListAccessibleSpaces(request)).spaces]
 
-    access = AccessCache(readable_spaces, ttl_s=settings.access_cache_ttl_s)
+    access = AccessCache(readable_spaces, AccessEpochs(redis), ttl_s=settings.access_cache_ttl_s)
     indexer = Indexer(index, embedder, access)
-    service = VectorService(index, embedder, access, indexer, knowledge_source(knowledge))
-    resources.push_async_callback(service.close)
+    service = VectorService(
+        index, embedder, access, indexer, knowledge_source(knowledge), reindex_per_caller=settings.reindex_per_caller
+    )
 
     consumer = EventConsumer(
         bootstrap=settings.kafka_bootstrap,
@@ -122,7 +128,9 @@ async def build(settings: VectorSettings, resources: AsyncExitStack) -> app.Appl
             VectorServer(service, embedder.name, embedder.dimensions), server
         ),
     )
-    return app.Application(spec=spec, verifier=app.platform_verifier(settings), background=[consumer.run])
+    return app.Application(
+        spec=spec, verifiers=app.platform_verifiers(settings), background=[consumer.run, service.reindexing.run]
+    )
 
 
 def main() -> None:

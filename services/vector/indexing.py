@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from opentelemetry import trace
 
 from services.api.events.v1 import events_pb2
+from services.kit.access import AccessCache
 from services.kit.consumer import EventHandler, PermanentEventError
 from services.kit.events import EventEnvelope
-from services.vector.access import AccessCache
 from services.vector.chunking import chunk_text
 from services.vector.embeddings import Embedder
 from services.vector.index import ChunkIndex, IndexedChunk

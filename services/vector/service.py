@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -11,18 +9,17 @@ from datetime import UTC, datetime
 
 from opentelemetry import trace
 
+from services.kit.access import AccessCache
 from services.kit.auth import Principal
 from services.kit.errors import PermissionDenied
 from services.kit.ids import parse_id
-from services.kit.server import set_deadline_in
-from services.vector.access import AccessCache
 from services.vector.chunking import snippet
 from services.vector.domain import clip_snippet, search_query, searchable_spaces
 from services.vector.embeddings import Embedder
 from services.vector.index import ChunkIndex, Hit, IndexStats
 from services.vector.indexing import FreshnessSummary, Indexer, document_text
+from services.vector.reindexing import ReindexQueue
 
-log = logging.getLogger("services.vector")
 _tracer = trace.get_tracer("services.vector.search")
 
 
@@ -52,14 +49,20 @@ class SpaceSource:
 
 class VectorService:
     def __init__(
-        self, index: ChunkIndex, embedder: Embedder, access: AccessCache, indexer: Indexer, source: SpaceSource
+        self,
+        index: ChunkIndex,
+        embedder: Embedder,
+        access: AccessCache,
+        indexer: Indexer,
+        source: SpaceSource,
+        reindex_per_caller: int = 2,
     ) -> None:
         self.index = index
         self.embedder = embedder
         self.access = access
         self.indexer = indexer
         self.source = source
-        self._reindexing: set[asyncio.Task[None]] = set()
+        self.reindexing = ReindexQueue(self._reindex_document, per_caller=reindex_per_caller)
 
     async def search(self, caller: Principal, text: str, top_k: int, space_ids: list[str]) -> SearchResult:
         began = time.monotonic()
@@ -75,39 +78,30 @@ class VectorService:
         return SearchResult(hits, snippets, int((time.monotonic() - began) * 1000))
 
     async def reindex_space(self, caller: Principal, space_id: str) -> int:
-        """Queue every current document of the space for re-embedding; returns how many."""
+        """Queue every current document of the space for re-embedding; returns how many. A
+        space already queued is not queued twice (see services.vector.reindexing)."""
         space_id = parse_id(space_id, "space_id")
         if not await self.source.may_edit(caller.user_id, space_id):
             raise PermissionDenied(f"reindexing space {space_id} needs the editor role or higher in it")
-        document_ids = await self.source.document_ids(space_id)
-        task = asyncio.create_task(self._reindex(space_id, document_ids))
-        self._reindexing.add(task)
-        task.add_done_callback(self._reindexing.discard)
-        return len(document_ids)
+        job = self.reindexing.queued(space_id)
+        if job is None:
+            self.reindexing.check_caller(caller)
+            job = self.reindexing.submit(space_id, caller, await self.source.document_ids(space_id))
+        return len(job.document_ids)
 
-    async def _reindex(self, space_id: str, document_ids: list[str]) -> None:
-        """In the background, still as the caller (the task copies the call's context)."""
-        set_deadline_in(None)  # it outlives the RPC that queued it
-        for document_id in document_ids:
-            try:
-                document = await self.source.document(space_id, document_id)
-                if document is None:
-                    continue  # deleted meanwhile: its deletion event removes its chunks
-                await self.indexer.index_version(
-                    space_id,
-                    document.document_id,
-                    document.version,
-                    document_text(document.title, document.content),
-                    datetime.now(UTC),
-                    again=True,
-                )
-            except Exception:
-                log.exception("reindexing document %s of space %s failed", document_id, space_id)
+    async def _reindex_document(self, space_id: str, document_id: str) -> None:
+        """One document of a reindex job, read as the caller who asked for it."""
+        document = await self.source.document(space_id, document_id)
+        if document is None:
+            return  # deleted meanwhile: its deletion event removes its chunks
+        await self.indexer.index_version(
+            space_id,
+            document.document_id,
+            document.version,
+            document_text(document.title, document.content),
+            datetime.now(UTC),
+            again=True,
+        )
 
     async def stats(self) -> tuple[IndexStats, FreshnessSummary]:
         return await self.index.stats(), self.indexer.freshness.summary()
-
-    async def close(self) -> None:
-        for task in list(self._reindexing):
-            task.cancel()
-        await asyncio.gather(*self._reindexing, return_exceptions=True)

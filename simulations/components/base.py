@@ -54,6 +54,8 @@ class ComponentContext:
     ports: Mapping[str, int]  # role -> port, already resolved for this run
     endpoints_of: Mapping[str, Mapping[str, str]]  # other components' endpoints, by name
     settings: Mapping[str, str] = field(default_factory=dict)
+    # The stack's platform secret, from which services' and the edge's credentials derive.
+    platform_secret: str = field(default="", repr=False)
 
     def port(self, role: str) -> int:
         return self.ports[role]

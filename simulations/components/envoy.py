@@ -7,6 +7,7 @@ publishes a `grpc` endpoint and its `grpc_services`) and the descriptor set; see
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import ClassVar
@@ -15,11 +16,24 @@ import aiohttp
 import envoy
 import yaml
 
+from services.kit.identity import EDGE, credential_for
 from services.kit.settings import ServiceSettings
 from simulations.components.base import Component, Launch, NotReady
-from simulations.envoy_config import EnvoySettings, JwtSettings, Upstream, build_config
+from simulations.edge_lua import edge_lua_source
+from simulations.envoy_config import (
+    DEFAULT_ALLOWED_ORIGINS,
+    EDGE_CREDENTIAL_ENV,
+    TOKEN_QUERY_PARAMETER,
+    EnvoySettings,
+    JwtSettings,
+    Upstream,
+    build_config,
+    streaming_methods,
+)
 
 DESCRIPTOR_SET = Path(__file__).resolve().parents[2] / "services" / "api" / "platform.pb"
+# Browser origins the edge allows (comma-separated), instead of the web client's dev server.
+ALLOWED_ORIGINS_ENV = "KP_ALLOWED_ORIGINS"
 
 
 def envoy_binary() -> Path:
@@ -76,11 +90,14 @@ class Envoy(Component):
     def settings(self) -> EnvoySettings:
         otlp_host, otlp_port = self.ctx.endpoints_of["otlp"]["grpc"].rsplit(":", 1)
         settings = self.ctx.settings
+        upstreams = upstreams_from({k: dict(v) for k, v in self.ctx.endpoints_of.items()})
+        descriptors = DESCRIPTOR_SET.read_bytes()
+        services = [service for upstream in upstreams for service in upstream.grpc_services]
         return EnvoySettings(
             listen_port=self.ctx.port("http"),
             admin_port=self.ctx.port("admin"),
             descriptor_path=str(DESCRIPTOR_SET),
-            upstreams=upstreams_from({k: dict(v) for k, v in self.ctx.endpoints_of.items()}),
+            upstreams=upstreams,
             jwt=JwtSettings(
                 issuer=settings["jwt_issuer"],
                 audiences=split_list(settings["jwt_audiences"]),
@@ -92,13 +109,19 @@ class Envoy(Component):
             otlp_port=int(otlp_port),
             internal_methods=split_list(settings.get("internal_methods", "")),
             sample_percent=100.0 * ServiceSettings().trace_sample_ratio,
+            allowed_origins=split_list(os.environ.get(ALLOWED_ORIGINS_ENV, "")) or DEFAULT_ALLOWED_ORIGINS,
+            streaming_methods=streaming_methods(descriptors),
+            edge_lua=edge_lua_source(descriptors, services, TOKEN_QUERY_PARAMETER),
         )
 
     async def prepare(self) -> None:
         self.config_path.write_text(yaml.safe_dump(build_config(self.settings()), sort_keys=False))
 
     def launch(self) -> Launch:
+        edge = credential_for(self.ctx.platform_secret, EDGE) if self.ctx.platform_secret else ""
         return Launch(
+            # The routes add it to every request as %ENVIRONMENT(...)%: it is in no file.
+            env={EDGE_CREDENTIAL_ENV: edge},
             argv=[
                 str(envoy_binary()),
                 *("-c", str(self.config_path)),
@@ -107,7 +130,7 @@ class Envoy(Component):
                 # One worker: on 2 cores more workers only compete with the services.
                 *("--concurrency", "1"),
                 *("--log-level", "warning"),
-            ]
+            ],
         )
 
     async def probe(self) -> None:

@@ -14,6 +14,7 @@ from typing import ClassVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.kit.identity import EDGE, credential_for
 from simulations.components.base import Component, Launch, NotReady
 from simulations.topology import resolve_ports
 
@@ -41,6 +42,8 @@ class ServiceComponent(Component):
     grpc_services: ClassVar[tuple[str, ...]] = ()
     # The path of the service's WebSocket endpoint (Envoy routes it to the "ws" port).
     websocket_path: ClassVar[str] = ""
+    # The auth service checks other services' credentials, so it holds the secret they derive from.
+    holds_platform_secret: ClassVar[bool] = False
     start_timeout_s = 60.0
 
     def __init_subclass__(cls, **kwargs: object) -> None:
@@ -60,6 +63,7 @@ class ServiceComponent(Component):
                 env[variable] = value
         env.update(peer_targets(SERVICES))
         env["KP_DATA_DIR"] = str(self.ctx.data_dir)  # the service's own folder in the run directory
+        env.update(identity_settings(self.name, self.ctx.platform_secret, holds_secret=self.holds_platform_secret))
         return env
 
     async def probe(self) -> None:
@@ -79,6 +83,20 @@ class ServiceComponent(Component):
         return endpoints
 
 
+def identity_settings(name: str, platform_secret: str, *, holds_secret: bool) -> dict[str, str]:
+    """A service's identity (services.kit.identity): its own credential and the edge's, and
+    the platform secret itself only for the service that checks credentials."""
+    if not platform_secret:
+        return {}
+    settings = {
+        "KP_SERVICE_CREDENTIAL": credential_for(platform_secret, name),
+        "KP_EDGE_CREDENTIAL": credential_for(platform_secret, EDGE),
+    }
+    if holds_secret:
+        settings["KP_PLATFORM_SECRET"] = platform_secret
+    return settings
+
+
 def port_setting(role: str) -> str:
     """The service setting that carries the port of a role: "grpc" → KP_GRPC_PORT."""
     return f"KP_{role.upper()}_PORT"
@@ -96,12 +114,13 @@ class AuthService(ServiceComponent):
     default_ports = {"grpc": 15051}
     depends_on = ("postgres", "redis", "kafka", "otlp")
     grpc_services = ("auth.v1.AuthService",)
+    holds_platform_secret = True
 
 
 class KnowledgeService(ServiceComponent):
     name = "knowledge"
     default_ports = {"grpc": 15052}
-    depends_on = ("postgres", "kafka", "otlp", "auth")
+    depends_on = ("postgres", "redis", "kafka", "otlp", "auth")
     grpc_services = ("knowledge.v1.KnowledgeService",)
 
 

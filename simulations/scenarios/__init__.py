@@ -18,9 +18,9 @@ def registry() -> dict[str, Scenario]:
     return {"smoke": smoke}
 
 
-def run_scenario(name: str, state: StackState) -> int:
+def run_scenario(name: str, state: StackState, platform_secret: str = "") -> int:
     scenarios = registry()
     if name not in scenarios:
         print(f"unknown scenario {name!r}; known: {', '.join(sorted(scenarios))}")
         return 2
-    return asyncio.run(scenarios[name](StackEndpoints(state)))
+    return asyncio.run(scenarios[name](StackEndpoints(state, platform_secret)))

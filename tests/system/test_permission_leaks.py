@@ -3,14 +3,13 @@
 Documents with distinctive content are seeded in spaces A and B. Alice is a member of A only:
 she must never see B's content through Search (every route: Envoy's three transports and the
 vector service directly), Ask (answer text and citations), or conversation history. When she is
-removed from A, A's content disappears from her searches and answers within the documented
-bound (the vector service drops its cached access on the membership event: well under the 5 s
-this test allows; 30 s at most, the cache's expiry).
+removed from A, A's content is gone from her searches and answers as soon as the removal
+returns, however busy the vector service is (access epochs: services.kit.access).
 """
 
 from __future__ import annotations
 
-import time
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from services.api.vector.v1 import vector_pb2
 from simulations.endpoints import StackEndpoints
 
 V, C = "vector.v1.VectorService", "chat.v1.ChatService"
-REMOVAL_BOUND_S = 5.0
 
 
 @dataclass
@@ -176,7 +174,11 @@ async def test_another_user_s_conversation_stays_theirs(world: World, setup: Tra
     assert stolen.code == grpc.StatusCode.NOT_FOUND
 
 
-async def test_a_removed_member_loses_the_space_s_content_within_the_bound(setup: Transport) -> None:
+async def test_a_removed_member_loses_the_space_s_content_when_the_removal_returns(setup: Transport) -> None:
+    """No wait at all: the search right after RemoveMember returns, and again after each of
+    three more removals made while the vector service is busy indexing a burst of documents
+    (its event consumer far behind; before access epochs, a removed member kept finding the
+    space's chunks for ~30 s under such load). Adding the member back is as immediate."""
     owner, bob = await sign_up(setup, "owner"), await sign_up(setup, "bob")
     marker = f"cumulus{uuid.uuid4().hex[:8]}"
     space = (await create_space(setup, owner, "Weather")).space_id
@@ -189,17 +191,35 @@ async def test_a_removed_member_loses_the_space_s_content_within_the_bound(setup
     async def bob_found_it() -> bool | None:
         return await bob_finds_it() or None
 
-    async def bob_no_longer_finds_it() -> bool | None:
-        return (not await bob_finds_it()) or None
-
     await eventually(bob_found_it, "bob finds the document", timeout_s=30)
     await remove_member(setup, owner, space, bob.user_id)
-    removed_at = time.monotonic()
-    await eventually(bob_no_longer_finds_it, "bob no longer finds the document", timeout_s=REMOVAL_BOUND_S)
-    print(f"access gone {time.monotonic() - removed_at:.2f} s after the removal committed")
+    assert not await bob_finds_it(), "found right after RemoveMember returned"
+
+    busy = (await create_space(setup, owner, "Busy")).space_id
+    burst = asyncio.create_task(write_documents(setup, owner, busy, count=60))
+    try:
+        for _ in range(3):
+            await add_member(setup, owner, space, bob.user_id, VIEWER)
+            assert await bob_finds_it(), "not found right after AddMember returned"
+            await remove_member(setup, owner, space, bob.user_id)
+            assert not await bob_finds_it(), "found right after RemoveMember returned, the indexer busy"
+    finally:
+        await burst
+
     create = chat_pb2.CreateConversationRequest(title="Weather")
     conversation = (await setup.unary(f"{C}/CreateConversation", create, token=bob.access_token)).unwrap()
     assert isinstance(conversation, chat_pb2.CreateConversationResponse)
     answer = await ask(setup, bob, conversation.conversation.conversation_id, f"What does the {marker} cloud bring?")
     assert marker not in answer.text
     assert answer.kind == chat_pb2.ANSWER_KIND_NOTHING_FOUND
+
+
+async def write_documents(setup: Transport, owner: Account, space_id: str, count: int) -> None:
+    """Load for the vector service: documents to chunk, embed and index, four writers at once."""
+
+    async def writer(offset: int) -> None:
+        for n in range(offset, count, 4):
+            body = " ".join(f"Paragraph {n}.{p} about harbour logistics and tide tables." for p in range(40))
+            await create_document(setup, owner, space_id, f"Load {n}", body)
+
+    await asyncio.gather(*(writer(offset) for offset in range(4)))

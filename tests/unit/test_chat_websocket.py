@@ -21,10 +21,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.http11 import Request
+from websockets.typing import Subprotocol
 
 from fixtures.tokens import TestIssuer
 from services.chat.domain import AnswerComplete, AnswerDelta, AnswerKind, AskUpdate, Citation
 from services.chat.websocket import (
+    CHAT_SUBPROTOCOL,
     CLOSE_REASON_MAX_BYTES,
     CLOSE_UNAUTHENTICATED,
     MAX_ASKS_IN_FLIGHT,
@@ -106,6 +108,14 @@ def test_missing_ask_fields_are_left_to_the_use_case_to_name() -> None:
         ('{"type": "ask", "request_id": "r2", "question": 42}', "question", "r2"),
         ('{"type": "ask", "request_id": "r2", "question": "q", "traceparent": {}}', "traceparent", "r2"),
         ('{"type": "cancel"}', "request_id", None),
+        # Lone surrogates are no text: refused before anything is stored or echoed.
+        ('{"type": "ask", "request_id": "r3", "question": "\\ud800"}', "question", "r3"),
+        ('{"type": "ask", "request_id": "\\udfff", "question": "q"}', "request_id", None),
+        ('{"type": "ask", "request_id": "r4", "\\ud800": 1}', "message", "r4"),
+        # Nesting without end is refused, at any depth Python could or could not parse.
+        ('{"type": "ask", "request_id": "r5", "x": ' + "[" * 40 + "]" * 40 + "}", "x" + "[0]" * 31, "r5"),
+        ("[" * 100_000 + "]" * 100_000, "message", None),
+        ('{"request_id": "r6", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "message", None),
     ],
 )
 def test_protocol_errors_name_the_field_and_the_ask_when_known(
@@ -160,8 +170,11 @@ def upgrade(path: str, **headers: str) -> Request:
     return Request(path, Headers(**headers))
 
 
-def test_the_token_comes_from_the_header_or_else_the_query() -> None:
+def test_the_token_comes_from_the_header_a_subprotocol_or_else_the_query() -> None:
     assert token_of(upgrade(WS_PATH, Authorization="Bearer abc")) == "abc"
+    offered = {"Sec-WebSocket-Protocol": "kp.chat.v1, access_token.x.y-z_"}
+    assert token_of(upgrade(WS_PATH, **offered)) == "x.y-z_"
+    assert token_of(upgrade(f"{WS_PATH}?access_token=xyz", **offered)) == "x.y-z_"
     assert token_of(upgrade(f"{WS_PATH}?access_token=xyz")) == "xyz"
     assert token_of(upgrade(f"{WS_PATH}?access_token=xyz", Authorization="Bearer abc")) == "abc"
     assert token_of(upgrade(f"{WS_PATH}?access_token=")) is None
@@ -328,6 +341,21 @@ async def test_a_socket_without_a_valid_token_is_closed_with_4401(running: Runni
     assert running.fake.seen == []
 
 
+async def test_a_browser_offers_its_token_as_a_subprotocol_which_is_never_echoed(running: Running) -> None:
+    token = running.issuer.token("user-9")
+    async with connect(
+        running.url, subprotocols=[Subprotocol(CHAT_SUBPROTOCOL), Subprotocol(f"access_token.{token}")]
+    ) as connection:
+        assert connection.subprotocol == CHAT_SUBPROTOCOL
+        await send(connection, type="ask", request_id="r1", conversation_id=CONVERSATION, question="q")
+        await until_end(connection, "r1")
+    assert running.fake.seen[0].caller_id == "user-9"
+    with pytest.raises(InvalidStatus) as caught:
+        async with connect(running.url, subprotocols=[Subprotocol(f"access_token.{token}")]):
+            pass
+    assert caught.value.response.status_code == 400, "the token alone would have to be echoed back: refused"
+
+
 async def test_other_paths_are_not_found(running: Running) -> None:
     with pytest.raises(InvalidStatus) as caught:
         async with connect(running.url.replace(WS_PATH, "/elsewhere")):
@@ -346,6 +374,22 @@ async def test_bad_messages_get_an_error_and_the_socket_stays_open(running: Runn
     assert (first["code"], first["request_id"], first["field"]) == ("INVALID_ARGUMENT", None, "message")
     assert (second["code"], second["request_id"], second["field"]) == ("INVALID_ARGUMENT", "r0", "type")
     assert events[-1]["type"] == "complete"
+
+
+async def test_deep_nesting_and_lone_surrogates_are_answered_and_the_socket_stays_open(running: Running) -> None:
+    """Before: the first closed the socket with 1011 (RecursionError), the second reached the
+    use case, which stored the question and then failed with INTERNAL."""
+    async with socket(running) as connection:
+        await connection.send('{"type": "ask", "request_id": "deep", "x": ' + "[" * 30_000 + "]" * 30_000 + "}")
+        deep = await receive(connection)
+        await connection.send('{"type": "ask", "request_id": "r2", "conversation_id": "c", "question": "\\ud800?"}')
+        lone = await receive(connection)
+        await send(connection, type="ask", request_id="r1", conversation_id=CONVERSATION, question="q")
+        events = await until_end(connection, "r1")
+    assert (deep["code"], deep["field"]) == ("INVALID_ARGUMENT", "message")
+    assert (lone["code"], lone["request_id"], lone["field"]) == ("INVALID_ARGUMENT", "r2", "question")
+    assert events[-1]["type"] == "complete"
+    assert [seen.question for seen in running.fake.seen] == ["q"], "the refused asks never reached the use case"
 
 
 async def test_use_case_errors_end_only_their_ask(running: Running) -> None:

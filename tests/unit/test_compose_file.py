@@ -93,9 +93,10 @@ def test_generated_compose_files_are_current() -> None:
 
 def test_the_compose_envoy_config_is_valid_for_envoy(tmp_path: Path) -> None:
     config = build_config(envoy_settings())
-    transcoder = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+    filters = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
         "http_filters"
-    ][3]["typed_config"]
+    ]
+    [transcoder] = [f["typed_config"] for f in filters if f["name"] == "envoy.filters.http.grpc_json_transcoder"]
     transcoder["proto_descriptor"] = str(ROOT / "services" / "api" / "platform.pb")  # the file compose mounts
     path = tmp_path / "envoy.yaml"
     path.write_text(yaml.safe_dump(config))

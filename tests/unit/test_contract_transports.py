@@ -374,6 +374,7 @@ def test_method_refs_resolve_to_the_generated_classes() -> None:
         "Logout",
         "GetJwks",
         "WhoAmI",
+        "IssueServiceToken",
     ]
     with pytest.raises(KeyError, match="no RPC"):
         MethodRef.of("auth.v1.AuthService/Nope")

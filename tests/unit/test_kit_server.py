@@ -24,6 +24,7 @@ from services.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.api.chat.v1 import chat_pb2, chat_pb2_grpc
 from services.kit.auth import current_principal, optional_principal
 from services.kit.errors import InvalidArgument, NotFound, RateLimited
+from services.kit.identity import SERVICE_TOKEN_HEADER
 from services.kit.server import BuiltServer, ServiceSpec, build_server, remaining_time
 
 AUTH_SERVICE = "auth.v1.AuthService"
@@ -65,10 +66,17 @@ class Chat(chat_pb2_grpc.ChatServiceServicer):
         yield chat_pb2.AskResponse(complete=chat_pb2.AnswerComplete(text="hello world"))
 
 
+async def echo_raw(request: bytes, context: Any) -> bytes:
+    """A method that parses its own request (as the OTLP receiver's do): it gets the bytes."""
+    return request[::-1]
+
+
 def register(server: grpc.aio.Server) -> None:
     # The methods not implemented here answer UNIMPLEMENTED, as generated.
     auth_pb2_grpc.add_AuthServiceServicer_to_server(Auth(), server)  # type: ignore[abstract]
     chat_pb2_grpc.add_ChatServiceServicer_to_server(Chat(), server)  # type: ignore[abstract]
+    raw: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(echo_raw)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("raw.v1.Raw", {"Echo": raw})])
 
 
 SPEC = ServiceSpec(
@@ -76,7 +84,9 @@ SPEC = ServiceSpec(
     version="0",
     grpc_services=[AUTH_SERVICE, CHAT_SERVICE],
     register=register,
-    public_methods=frozenset({f"/{AUTH_SERVICE}/GetJwks"}),
+    public_methods=frozenset({f"/{AUTH_SERVICE}/GetJwks", "/raw.v1.Raw/Echo"}),
+    # Only other services may call it (the user's token is optional).
+    internal_methods=frozenset({f"/{AUTH_SERVICE}/Refresh"}),
 )
 
 
@@ -92,7 +102,14 @@ def token(issuer: TestIssuer) -> str:
 
 @pytest.fixture(scope="module")
 async def built(issuer: TestIssuer) -> AsyncIterator[BuiltServer]:
-    server = await build_server(SPEC, issuer.verifier(), port=0, reflection_enabled=True, receive_timeout_s=1.0)
+    server = await build_server(
+        SPEC,
+        issuer.verifier(),
+        port=0,
+        reflection_enabled=True,
+        receive_timeout_s=1.0,
+        service_verifier=issuer.service_verifier(),
+    )
     yield server
     await server.server.stop(None)
 
@@ -171,6 +188,44 @@ async def test_public_method_ignores_a_bad_token(auth: auth_pb2_grpc.AuthService
 async def test_public_method_still_sees_a_valid_caller(auth: auth_pb2_grpc.AuthServiceAsyncStub, token: str) -> None:
     reply = await auth.GetJwks(auth_pb2.GetJwksRequest(), metadata=bearer(token), timeout=5)
     assert reply.keys[0].use == "user-7"
+
+
+# ------------------------------------------------------------ internal methods
+
+
+async def test_an_internal_method_answers_a_platform_service(
+    auth: auth_pb2_grpc.AuthServiceAsyncStub, issuer: TestIssuer
+) -> None:
+    """The servicer's Refresh is not implemented: UNIMPLEMENTED means the call got through."""
+    metadata = ((SERVICE_TOKEN_HEADER, issuer.service_token("vector")),)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await auth.Refresh(auth_pb2.RefreshRequest(), metadata=metadata, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+@pytest.mark.parametrize("credentials", ["none", "user token", "user token as service token", "expired", "other key"])
+async def test_an_internal_method_refuses_everyone_else(
+    auth: auth_pb2_grpc.AuthServiceAsyncStub, issuer: TestIssuer, token: str, credentials: str
+) -> None:
+    stranger = TestIssuer()
+    metadata = {
+        "none": (),
+        "user token": bearer(token),
+        "user token as service token": ((SERVICE_TOKEN_HEADER, token),),
+        "expired": (
+            (SERVICE_TOKEN_HEADER, issuer.service_token(iat=int(time.time()) - 7200, exp=int(time.time()) - 3600)),
+        ),
+        "other key": ((SERVICE_TOKEN_HEADER, stranger.service_token()),),
+    }[credentials]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await auth.Refresh(auth_pb2.RefreshRequest(), metadata=metadata, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_service_token_is_no_user_token(auth: auth_pb2_grpc.AuthServiceAsyncStub, issuer: TestIssuer) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await auth.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=bearer(issuer.service_token()), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 # ------------------------------------------------------------ error mapping
@@ -266,6 +321,11 @@ async def test_a_unary_request_that_stops_arriving_is_refused_when_its_time_is_u
     assert outcome.grpc_status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "did not arrive whole within 1 s" in outcome.grpc_message
     assert 0.9 < outcome.seconds < 3
+
+
+async def test_a_method_without_a_deserializer_gets_the_bytes(channel: grpc.aio.Channel) -> None:
+    echo: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/raw.v1.Raw/Echo")
+    assert await echo(b"\x00abc", timeout=5) == b"cba\x00"
 
 
 async def test_a_string_holding_nul_is_refused_naming_its_field(

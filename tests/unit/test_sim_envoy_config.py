@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,12 @@ from simulations.components.service import ChatService
 from simulations.envoy_config import (
     HEALTH_SERVICE,
     JWT_PROVIDER,
+    EdgeLimits,
     EnvoySettings,
     JwtSettings,
     Upstream,
     build_config,
+    streaming_methods,
 )
 
 HTTP2_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -45,6 +48,7 @@ def settings(*upstreams: Upstream) -> EnvoySettings:
         otlp_host="127.0.0.1",
         otlp_port=24317,
         internal_methods=["/chat.v1.ChatService/ListMessages"],
+        streaming_methods=["/chat.v1.ChatService/Ask", "/canvas.v1.CanvasService/Collaborate"],
     )
 
 
@@ -86,24 +90,102 @@ def test_every_upstream_has_its_own_virtual_host_for_health() -> None:
         assert routes == [({"prefix": f"/{HEALTH_SERVICE}/"}, name)]
 
 
-def test_default_host_refuses_internal_methods_then_routes_by_grpc_service() -> None:
+def test_default_host_refuses_internal_methods_then_routes_streams_then_by_grpc_service() -> None:
     config = build_config(settings())
     hosts = connection_manager(config)["route_config"]["virtual_hosts"]
     default = hosts[-1]
     assert default["domains"] == ["*"]
-    internal, *by_service = default["routes"]
+    internal, ask, *by_service, catch_all = default["routes"]
     assert internal["match"] == {"path": "/chat.v1.ChatService/ListMessages"}
     assert internal["direct_response"]["status"] == 404
     assert "route" not in internal
+    assert (ask["match"], ask["route"]["cluster"]) == ({"path": "/chat.v1.ChatService/Ask"}, "chat")
     routes = [(r["match"]["prefix"], r["route"]["cluster"]) for r in by_service]
     assert routes == [("/auth.v1.AuthService/", "auth"), ("/chat.v1.ChatService/", "chat")]
+    assert catch_all["match"] == {"prefix": "/"}, "every path has a route, so CORS applies to JSON paths too"
 
 
-def test_routes_do_not_cut_streams_short() -> None:
-    for host in virtual_hosts(build_config(settings())).values():
-        for route in host["routes"]:
-            if "route" in route:
-                assert route["route"]["timeout"] == "0s"
+def test_unary_calls_are_bounded_and_streams_only_when_idle() -> None:
+    limits = EdgeLimits()
+    default = virtual_hosts(build_config(settings()))["platform"]
+    [ask] = [r for r in default["routes"] if r["match"].get("path") == "/chat.v1.ChatService/Ask"]
+    assert ask["route"]["timeout"] == "0s", "a stream lives as long as its caller wants"
+    assert ask["route"]["idle_timeout"] == f"{limits.stream_idle_timeout_s}s"
+    assert ask["route"]["max_stream_duration"] == {"grpc_timeout_header_max": "0s"}
+    unary = [r for r in default["routes"] if "prefix" in r["match"] and "route" in r and "headers" not in r["match"]]
+    assert unary
+    for route in unary:
+        assert route["route"]["timeout"] == f"{limits.unary_timeout_s}s"
+        assert route["route"]["max_stream_duration"] == {"grpc_timeout_header_max": f"{limits.unary_timeout_s}s"}
+    hcm = connection_manager(build_config(settings()))
+    assert hcm["request_headers_timeout"] == f"{limits.headers_timeout_s}s"
+    assert hcm["stream_idle_timeout"] == f"{limits.idle_timeout_s}s"
+    assert hcm["http2_protocol_options"] == {"max_concurrent_streams": limits.streams_per_connection}
+    assert hcm["max_request_headers_kb"] == limits.request_headers_kb
+
+
+def test_streaming_methods_are_read_from_the_descriptor_set() -> None:
+    methods = streaming_methods(DESCRIPTOR_SET.read_bytes())
+    assert "/chat.v1.ChatService/Ask" in methods
+    assert "/canvas.v1.CanvasService/Collaborate" in methods
+    assert "/auth.v1.AuthService/Login" not in methods
+
+
+def test_the_edge_owns_the_client_address_and_speaks_for_it() -> None:
+    config = build_config(settings())
+    hcm = connection_manager(config)
+    assert (hcm["use_remote_address"], hcm["xff_num_trusted_hops"]) == (True, 0)
+    routes = hcm["route_config"]
+    added = {h["header"]["key"]: (h["header"]["value"], h["append_action"]) for h in routes["request_headers_to_add"]}
+    assert added == {
+        "x-forwarded-for": ("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", "OVERWRITE_IF_EXISTS_OR_ADD"),
+        "x-edge-credential": ("%ENVIRONMENT(KP_EDGE_CREDENTIAL)%", "OVERWRITE_IF_EXISTS_OR_ADD"),
+    }
+    assert routes["request_headers_to_remove"] == ["x-service-token"]
+
+
+def test_each_service_has_circuit_breakers_and_envoy_an_overload_manager() -> None:
+    limits = EdgeLimits(requests_per_service=123, downstream_connections=77)
+    config = build_config(replace(settings(), limits=limits))
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    for name in ("auth", "chat", "otlp"):
+        [threshold] = clusters[name]["circuit_breakers"]["thresholds"]
+        assert threshold["max_requests"] == 123
+    monitors = {m["name"]: m["typed_config"] for m in config["overload_manager"]["resource_monitors"]}
+    assert (
+        monitors["envoy.resource_monitors.global_downstream_max_connections"]["max_active_downstream_connections"] == 77
+    )
+    actions = [a["name"] for a in config["overload_manager"]["actions"]]
+    assert actions[-1] == "envoy.overload_actions.stop_accepting_requests"
+
+
+def test_json_refusals_say_the_limit_and_grpc_ones_are_left_to_envoy() -> None:
+    mappers = connection_manager(build_config(settings()))["local_reply_config"]["mappers"]
+    first, *by_status = mappers
+    assert "body" not in first, "gRPC and gRPC-Web requests keep Envoy's own grpc-status reply"
+    bodies = {
+        m["filter"]["status_code_filter"]["comparison"]["value"]["default_value"]: m["body"]["inline_string"]
+        for m in by_status
+    }
+    assert "1 MiB" in bodies[413]
+    assert "16 KiB" in bodies[431]
+    transcoder = http_filter(build_config(settings()), "envoy.filters.http.grpc_json_transcoder")
+    assert transcoder["max_request_body_size"] == 1024 * 1024
+
+
+def test_one_cors_policy_names_its_origins() -> None:
+    config = build_config(replace(settings(), allowed_origins=["https://app.example"]))
+    for host in virtual_hosts(config).values():
+        policy = host["typed_per_filter_config"]["envoy.filters.http.cors"]
+        assert policy["allow_origin_string_match"] == [{"exact": "https://app.example"}]
+        assert policy["forward_not_matching_preflights"] is False
+
+
+def test_the_access_log_leaves_query_strings_out() -> None:
+    [log] = connection_manager(build_config(settings()))["access_log"]
+    fields = log["typed_config"]["log_format"]["json_format"]
+    assert fields["path"] == "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%"
+    assert not any("PATH)%" in value and "WITHOUT_QUERY" not in value for value in fields.values())
 
 
 def test_jwt_rules_public_first_then_everything_requires_the_provider() -> None:
@@ -121,7 +203,7 @@ def test_jwt_rules_public_first_then_everything_requires_the_provider() -> None:
     assert provider["audiences"] == ["platform", "web"]
     assert provider["remote_jwks"]["http_uri"]["uri"] == "http://127.0.0.1/v1/auth/jwks"
     assert provider["remote_jwks"]["http_uri"]["cluster"] == "envoy_self"
-    assert provider["from_headers"] == [{"name": "authorization", "value_prefix": "Bearer "}]
+    assert provider["from_headers"][0] == {"name": "authorization", "value_prefix": "Bearer "}
 
 
 def test_transcoder_lists_only_upstream_services_and_health() -> None:
@@ -140,7 +222,7 @@ def test_clusters() -> None:
     assert set(clusters) == {"auth", "chat", "otlp", "otlp_collector", "envoy_self"}
     for name in ("auth", "chat", "otlp", "otlp_collector"):
         options = clusters[name]["typed_extension_protocol_options"][HTTP2_OPTIONS]
-        assert options["explicit_http_config"] == {"http2_protocol_options": {}}
+        assert options["explicit_http_config"] == {"http2_protocol_options": {"max_concurrent_streams": 256}}
     assert "typed_extension_protocol_options" not in clusters["envoy_self"]  # JWKS over plain HTTP/1.1
     endpoint = clusters["chat"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     assert endpoint == {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 25002}}}
@@ -227,24 +309,38 @@ def test_a_websocket_endpoint_gets_a_plain_http1_cluster() -> None:
     assert "auth_websocket" not in clusters
 
 
-def test_the_websocket_path_is_upgraded_without_a_timeout_before_the_grpc_routes() -> None:
+def test_the_websocket_path_is_upgraded_from_allowed_origins_before_the_grpc_routes() -> None:
     default = virtual_hosts(build_config(with_websocket()))["platform"]
-    internal, websocket, *grpc_routes = default["routes"]
+    internal, no_origin, allowed, refused, *grpc_routes = default["routes"]
     assert internal["match"] == {"path": "/chat.v1.ChatService/ListMessages"}
-    assert websocket["match"] == {"prefix": "/v1/chat/ws"}
-    assert websocket["route"] == {
-        "cluster": "chat_websocket",
-        "timeout": "0s",
-        "upgrade_configs": [{"upgrade_type": "websocket"}],
-    }
-    assert [r["route"]["cluster"] for r in grpc_routes] == ["auth", "chat"]
+    assert no_origin["match"] == {"prefix": "/v1/chat/ws", "headers": [{"name": "origin", "present_match": False}]}
+    [origin] = allowed["match"]["headers"]
+    assert origin["string_match"]["safe_regex"]["regex"] == r"http://localhost:3000|http://127\.0\.0\.1:3000"
+    for route in (no_origin, allowed):
+        assert route["route"] == {
+            "cluster": "chat_websocket",
+            "timeout": "0s",
+            "idle_timeout": f"{EdgeLimits().stream_idle_timeout_s}s",
+            "upgrade_configs": [{"upgrade_type": "websocket"}],
+        }
+    assert refused["match"] == {"prefix": "/v1/chat/ws"}
+    assert refused["direct_response"]["status"] == 403
+    assert [r["route"]["cluster"] for r in grpc_routes] == [
+        "chat",
+        "auth",
+        "chat",
+        "auth",
+    ]  # Ask, by service, preflight
 
 
-def test_the_jwt_may_come_from_the_access_token_query_parameter() -> None:
+def test_the_jwt_may_come_from_a_subprotocol_or_the_access_token_query_parameter() -> None:
     jwt = http_filter(build_config(with_websocket()), "envoy.filters.http.jwt_authn")
     provider = jwt["providers"][JWT_PROVIDER]
     assert provider["from_params"] == ["access_token"]
-    assert provider["from_headers"] == [{"name": "authorization", "value_prefix": "Bearer "}]
+    assert provider["from_headers"] == [
+        {"name": "authorization", "value_prefix": "Bearer "},
+        {"name": "sec-websocket-protocol", "value_prefix": "access_token."},
+    ]
     # The WebSocket path is not public: the token is checked at the edge before the upgrade.
     assert jwt["rules"][-1] == {"match": {"prefix": "/"}, "requires": {"provider_name": JWT_PROVIDER}}
 

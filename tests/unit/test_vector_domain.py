@@ -1,15 +1,12 @@
-"""The vector domain's rules (search limits, which spaces a search may see) and the access
-cache (per-user answers, dropped on membership events, a fetch never resurrecting old data)."""
+"""The vector domain's rules: search limits, which spaces a search may see."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import pytest
 
 from services.kit.errors import InvalidArgument, PermissionDenied
-from services.vector.access import AccessCache
 from services.vector.domain import clip_snippet, search_query, searchable_spaces
 
 A, B, C = (str(uuid.uuid4()) for _ in range(3))
@@ -52,53 +49,3 @@ def test_snippets_stay_within_the_contract() -> None:
     assert clip_snippet("  text  ") == "text"
     assert len(clip_snippet("y" * 5000)) == 1000
     assert clip_snippet("   ") == "…"
-
-
-class Fetcher:
-    def __init__(self) -> None:
-        self.answers = {"u": [A]}
-        self.calls = 0
-        self.gate: asyncio.Event | None = None
-
-    async def __call__(self, user_id: str) -> list[str]:
-        self.calls += 1
-        answer = list(self.answers[user_id])
-        if self.gate is not None:
-            await self.gate.wait()
-        return answer
-
-
-async def test_answers_are_cached_until_a_membership_event_drops_them() -> None:
-    fetcher = Fetcher()
-    cache = AccessCache(fetcher, ttl_s=60)
-    assert await cache.readable("u") == (A,)
-    assert await cache.readable("u") == (A,)
-    assert fetcher.calls == 1
-    fetcher.answers["u"] = [A, B]
-    cache.forget("u")
-    assert await cache.readable("u") == tuple(sorted([A, B]))
-    assert fetcher.calls == 2
-
-
-async def test_entries_expire_as_a_backstop() -> None:
-    now = [0.0]
-    fetcher = Fetcher()
-    cache = AccessCache(fetcher, ttl_s=30, clock=lambda: now[0])
-    await cache.readable("u")
-    now[0] = 31.0
-    await cache.readable("u")
-    assert fetcher.calls == 2
-
-
-async def test_a_fetch_that_started_before_a_change_does_not_store_the_old_answer() -> None:
-    fetcher = Fetcher()
-    fetcher.gate = asyncio.Event()
-    cache = AccessCache(fetcher, ttl_s=60)
-    slow = asyncio.create_task(cache.readable("u"))
-    await asyncio.sleep(0)
-    fetcher.answers["u"] = []  # the user was removed while the fetch was in flight
-    cache.forget("u")
-    fetcher.gate.set()
-    assert await slow == (A,)  # that caller sees what was true when it asked...
-    fetcher.gate = None
-    assert await cache.readable("u") == ()  # ...but the stale answer was not kept

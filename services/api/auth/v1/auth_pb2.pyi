@@ -22,6 +22,20 @@ Conventions used by every field comment below
 
 Public RPCs (no authorization metadata needed, so Envoy must not require a JWT on them):
 SignUp, Login, Refresh, Logout, GetJwks. WhoAmI needs a valid access token.
+
+Service tokens
+  * service_token: an RS256 JWT signed with the same keys as access tokens, for calls
+    between the platform's services. Claims: sub (the service name), iat, exp, jti,
+    token_use "service"; its audience is the platform's internal one, which Envoy never
+    accepts. Services send it in the `x-service-token` metadata; internal methods (such
+    as knowledge's CheckAccess) answer only calls that carry a valid one.
+  * A service obtains one with IssueServiceToken, proving who it is with its credential:
+    HMAC-SHA256 of its name under the deployment's platform secret, as lower-case hex.
+
+Client addresses
+  Login counts failures per client address. The address is the X-Forwarded-For that the
+  edge (Envoy) sets, trusted only when the request also carries the edge's credential
+  (`x-edge-credential`); for any other caller it is the connection's peer address.
 """
 
 from collections import abc as _abc
@@ -396,6 +410,56 @@ class GetJwksResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetJwksResponse: _TypeAlias = GetJwksResponse  # noqa: Y015
+
+@_typing.final
+class IssueServiceTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """Name of the calling service, e.g. "vector"; 1–40 characters of [a-z0-9-], starting
+    with a letter.
+    """
+    credential: _builtins.str
+    """The service's credential: 64 lower-case hex characters (see "Service tokens")."""
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        credential: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueServiceTokenRequest: _TypeAlias = IssueServiceTokenRequest  # noqa: Y015
+
+@_typing.final
+class IssueServiceTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_TOKEN_FIELD_NUMBER: _builtins.int
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
+    service_token: _builtins.str
+    """RS256 JWT to send in the `x-service-token` metadata; at most 4096 characters."""
+    expires_in_seconds: _builtins.int
+    """Seconds until service_token expires, counted from issue; > 0 (default 600)."""
+    def __init__(
+        self,
+        *,
+        service_token: _builtins.str = ...,
+        expires_in_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_in_seconds", b"expires_in_seconds", "service_token", b"service_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueServiceTokenResponse: _TypeAlias = IssueServiceTokenResponse  # noqa: Y015
 
 @_typing.final
 class WhoAmIRequest(_message.Message):

@@ -66,6 +66,11 @@ class AuthServiceStub:
                 request_serializer=auth_dot_v1_dot_auth__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=auth_dot_v1_dot_auth__pb2.WhoAmIResponse.FromString,
                 _registered_method=True)
+        self.IssueServiceToken = channel.unary_unary(
+                '/auth.v1.AuthService/IssueServiceToken',
+                request_serializer=auth_dot_v1_dot_auth__pb2.IssueServiceTokenRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_auth__pb2.IssueServiceTokenResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -148,6 +153,23 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueServiceToken(self, request, context):
+        """-------------------------------------------------------------- internal
+
+        IssueServiceToken exchanges a platform service's credential for a short-lived service
+        token (see "Service tokens" above).
+        Internal: called by other services over gRPC, not exposed through Envoy's JSON routes.
+        Envoy must not route this method for native gRPC or gRPC-Web either.
+        Requires: nothing but the credential in the request.
+        Errors:
+        INVALID_ARGUMENT: service is not 1–40 lower-case letters, digits and hyphens starting
+        with a letter, or credential is not 64 lower-case hex characters.
+        UNAUTHENTICATED: the credential does not belong to this service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +202,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=auth_dot_v1_dot_auth__pb2.WhoAmIRequest.FromString,
                     response_serializer=auth_dot_v1_dot_auth__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'IssueServiceToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueServiceToken,
+                    request_deserializer=auth_dot_v1_dot_auth__pb2.IssueServiceTokenRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_auth__pb2.IssueServiceTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -346,6 +373,33 @@ class AuthService:
             '/auth.v1.AuthService/WhoAmI',
             auth_dot_v1_dot_auth__pb2.WhoAmIRequest.SerializeToString,
             auth_dot_v1_dot_auth__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueServiceToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auth.v1.AuthService/IssueServiceToken',
+            auth_dot_v1_dot_auth__pb2.IssueServiceTokenRequest.SerializeToString,
+            auth_dot_v1_dot_auth__pb2.IssueServiceTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,6 +22,20 @@ Conventions used by every field comment below
 
 Public RPCs (no authorization metadata needed, so Envoy must not require a JWT on them):
 SignUp, Login, Refresh, Logout, GetJwks. WhoAmI needs a valid access token.
+
+Service tokens
+  * service_token: an RS256 JWT signed with the same keys as access tokens, for calls
+    between the platform's services. Claims: sub (the service name), iat, exp, jti,
+    token_use "service"; its audience is the platform's internal one, which Envoy never
+    accepts. Services send it in the `x-service-token` metadata; internal methods (such
+    as knowledge's CheckAccess) answer only calls that carry a valid one.
+  * A service obtains one with IssueServiceToken, proving who it is with its credential:
+    HMAC-SHA256 of its name under the deployment's platform secret, as lower-case hex.
+
+Client addresses
+  Login counts failures per client address. The address is the X-Forwarded-For that the
+  edge (Envoy) sets, trusted only when the request also carries the edge's credential
+  (`x-edge-credential`); for any other caller it is the connection's peer address.
 """
 
 from services.api.auth.v1 import auth_pb2 as _auth_pb2
@@ -107,6 +121,19 @@ class AuthServiceStub:
         token's signature is invalid.
       NOT_FOUND: the token is valid but its user no longer exists.
     """
+    IssueServiceToken: _grpc.UnaryUnaryMultiCallable[_auth_pb2.IssueServiceTokenRequest, _auth_pb2.IssueServiceTokenResponse]
+    """-------------------------------------------------------------- internal
+
+    IssueServiceToken exchanges a platform service's credential for a short-lived service
+    token (see "Service tokens" above).
+    Internal: called by other services over gRPC, not exposed through Envoy's JSON routes.
+    Envoy must not route this method for native gRPC or gRPC-Web either.
+    Requires: nothing but the credential in the request.
+    Errors:
+      INVALID_ARGUMENT: service is not 1–40 lower-case letters, digits and hyphens starting
+        with a letter, or credential is not 64 lower-case hex characters.
+      UNAUTHENTICATED: the credential does not belong to this service.
+    """
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -165,6 +192,19 @@ class AuthServiceAsyncStub(AuthServiceStub):
       UNAUTHENTICATED: the authorization metadata is missing, malformed or expired, or the
         token's signature is invalid.
       NOT_FOUND: the token is valid but its user no longer exists.
+    """
+    IssueServiceToken: _aio.UnaryUnaryMultiCallable[_auth_pb2.IssueServiceTokenRequest, _auth_pb2.IssueServiceTokenResponse]  # type: ignore[assignment]
+    """-------------------------------------------------------------- internal
+
+    IssueServiceToken exchanges a platform service's credential for a short-lived service
+    token (see "Service tokens" above).
+    Internal: called by other services over gRPC, not exposed through Envoy's JSON routes.
+    Envoy must not route this method for native gRPC or gRPC-Web either.
+    Requires: nothing but the credential in the request.
+    Errors:
+      INVALID_ARGUMENT: service is not 1–40 lower-case letters, digits and hyphens starting
+        with a letter, or credential is not 64 lower-case hex characters.
+      UNAUTHENTICATED: the credential does not belong to this service.
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -257,6 +297,25 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
           UNAUTHENTICATED: the authorization metadata is missing, malformed or expired, or the
             token's signature is invalid.
           NOT_FOUND: the token is valid but its user no longer exists.
+        """
+
+    @_abc_1.abstractmethod
+    def IssueServiceToken(
+        self,
+        request: _auth_pb2.IssueServiceTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.IssueServiceTokenResponse, _abc.Awaitable[_auth_pb2.IssueServiceTokenResponse]]:
+        """-------------------------------------------------------------- internal
+
+        IssueServiceToken exchanges a platform service's credential for a short-lived service
+        token (see "Service tokens" above).
+        Internal: called by other services over gRPC, not exposed through Envoy's JSON routes.
+        Envoy must not route this method for native gRPC or gRPC-Web either.
+        Requires: nothing but the credential in the request.
+        Errors:
+          INVALID_ARGUMENT: service is not 1–40 lower-case letters, digits and hyphens starting
+            with a letter, or credential is not 64 lower-case hex characters.
+          UNAUTHENTICATED: the credential does not belong to this service.
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

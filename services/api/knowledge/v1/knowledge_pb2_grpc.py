@@ -335,10 +335,12 @@ class KnowledgeServiceServicer:
         that does not exist gives allowed = false, not an error.
         Internal: called by other services over gRPC, not exposed through Envoy's JSON routes.
         Envoy must not route this method for native gRPC or gRPC-Web either.
-        Requires: a service-to-service call (the caller forwards the end user's authorization
-        metadata when it has one, for tracing and audit; it is not required).
+        Requires: a service token in the `x-service-token` metadata (see auth.proto; the
+        caller forwards the end user's authorization metadata when it has one, for tracing and
+        audit; it is not required).
         Errors:
         INVALID_ARGUMENT: user_id or space_id is not a UUID.
+        UNAUTHENTICATED: the call carries no valid service token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -349,9 +351,10 @@ class KnowledgeServiceServicer:
         ordered by space_id. Used to filter search, chat retrieval and notifications.
         Internal: called by other services over gRPC, not exposed through Envoy's JSON routes.
         Envoy must not route this method for native gRPC or gRPC-Web either.
-        Requires: a service-to-service call (see CheckAccess).
+        Requires: a service token (see CheckAccess).
         Errors:
         INVALID_ARGUMENT: user_id is not a UUID.
+        UNAUTHENTICATED: the call carries no valid service token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

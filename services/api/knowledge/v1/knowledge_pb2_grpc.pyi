@@ -212,19 +212,22 @@ class KnowledgeServiceStub:
     that does not exist gives allowed = false, not an error.
     Internal: called by other services over gRPC, not exposed through Envoy's JSON routes.
     Envoy must not route this method for native gRPC or gRPC-Web either.
-    Requires: a service-to-service call (the caller forwards the end user's authorization
-    metadata when it has one, for tracing and audit; it is not required).
+    Requires: a service token in the `x-service-token` metadata (see auth.proto; the
+    caller forwards the end user's authorization metadata when it has one, for tracing and
+    audit; it is not required).
     Errors:
       INVALID_ARGUMENT: user_id or space_id is not a UUID.
+      UNAUTHENTICATED: the call carries no valid service token.
     """
     ListAccessibleSpaces: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.ListAccessibleSpacesRequest, _knowledge_pb2.ListAccessibleSpacesResponse]
     """ListAccessibleSpaces lists every space in which a user holds at least minimum_role,
     ordered by space_id. Used to filter search, chat retrieval and notifications.
     Internal: called by other services over gRPC, not exposed through Envoy's JSON routes.
     Envoy must not route this method for native gRPC or gRPC-Web either.
-    Requires: a service-to-service call (see CheckAccess).
+    Requires: a service token (see CheckAccess).
     Errors:
       INVALID_ARGUMENT: user_id is not a UUID.
+      UNAUTHENTICATED: the call carries no valid service token.
     """
 
 @_typing.type_check_only
@@ -390,19 +393,22 @@ class KnowledgeServiceAsyncStub(KnowledgeServiceStub):
     that does not exist gives allowed = false, not an error.
     Internal: called by other services over gRPC, not exposed through Envoy's JSON routes.
     Envoy must not route this method for native gRPC or gRPC-Web either.
-    Requires: a service-to-service call (the caller forwards the end user's authorization
-    metadata when it has one, for tracing and audit; it is not required).
+    Requires: a service token in the `x-service-token` metadata (see auth.proto; the
+    caller forwards the end user's authorization metadata when it has one, for tracing and
+    audit; it is not required).
     Errors:
       INVALID_ARGUMENT: user_id or space_id is not a UUID.
+      UNAUTHENTICATED: the call carries no valid service token.
     """
     ListAccessibleSpaces: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.ListAccessibleSpacesRequest, _knowledge_pb2.ListAccessibleSpacesResponse]  # type: ignore[assignment]
     """ListAccessibleSpaces lists every space in which a user holds at least minimum_role,
     ordered by space_id. Used to filter search, chat retrieval and notifications.
     Internal: called by other services over gRPC, not exposed through Envoy's JSON routes.
     Envoy must not route this method for native gRPC or gRPC-Web either.
-    Requires: a service-to-service call (see CheckAccess).
+    Requires: a service token (see CheckAccess).
     Errors:
       INVALID_ARGUMENT: user_id is not a UUID.
+      UNAUTHENTICATED: the call carries no valid service token.
     """
 
 class KnowledgeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -655,10 +661,12 @@ class KnowledgeServiceServicer(metaclass=_abc_1.ABCMeta):
         that does not exist gives allowed = false, not an error.
         Internal: called by other services over gRPC, not exposed through Envoy's JSON routes.
         Envoy must not route this method for native gRPC or gRPC-Web either.
-        Requires: a service-to-service call (the caller forwards the end user's authorization
-        metadata when it has one, for tracing and audit; it is not required).
+        Requires: a service token in the `x-service-token` metadata (see auth.proto; the
+        caller forwards the end user's authorization metadata when it has one, for tracing and
+        audit; it is not required).
         Errors:
           INVALID_ARGUMENT: user_id or space_id is not a UUID.
+          UNAUTHENTICATED: the call carries no valid service token.
         """
 
     @_abc_1.abstractmethod
@@ -671,9 +679,10 @@ class KnowledgeServiceServicer(metaclass=_abc_1.ABCMeta):
         ordered by space_id. Used to filter search, chat retrieval and notifications.
         Internal: called by other services over gRPC, not exposed through Envoy's JSON routes.
         Envoy must not route this method for native gRPC or gRPC-Web either.
-        Requires: a service-to-service call (see CheckAccess).
+        Requires: a service token (see CheckAccess).
         Errors:
           INVALID_ARGUMENT: user_id is not a UUID.
+          UNAUTHENTICATED: the call carries no valid service token.
         """
 
 def add_KnowledgeServiceServicer_to_server(servicer: KnowledgeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -73,14 +73,17 @@ class VectorServiceServicer:
 
     def ReindexSpace(self, request, context):
         """ReindexSpace re-reads every current document of a space from the knowledge service
-        and re-embeds it, replacing the space's chunks. It runs in the background: the
-        response only says how many documents were queued. Re-queuing a space that is
-        already being reindexed is harmless (work is idempotent per document version).
+        and re-embeds it, replacing the space's chunks. It runs in the background, one
+        document at a time behind the jobs queued before it: the response only says how many
+        documents were queued. A space already queued or being reindexed is not queued again:
+        the response gives that job's count (work is idempotent per document version).
         Requires: editor or owner of the space.
         Errors:
         INVALID_ARGUMENT: space_id is not a UUID.
         UNAUTHENTICATED: the access token is missing, invalid or expired.
         PERMISSION_DENIED: the caller's role is below editor, or the space does not exist.
+        RESOURCE_EXHAUSTED: the caller already has 2 reindexes of other spaces waiting
+        (deployment setting); retry when one has finished.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -64,14 +64,17 @@ class VectorServiceStub:
     """
     ReindexSpace: _grpc.UnaryUnaryMultiCallable[_vector_pb2.ReindexSpaceRequest, _vector_pb2.ReindexSpaceResponse]
     """ReindexSpace re-reads every current document of a space from the knowledge service
-    and re-embeds it, replacing the space's chunks. It runs in the background: the
-    response only says how many documents were queued. Re-queuing a space that is
-    already being reindexed is harmless (work is idempotent per document version).
+    and re-embeds it, replacing the space's chunks. It runs in the background, one
+    document at a time behind the jobs queued before it: the response only says how many
+    documents were queued. A space already queued or being reindexed is not queued again:
+    the response gives that job's count (work is idempotent per document version).
     Requires: editor or owner of the space.
     Errors:
       INVALID_ARGUMENT: space_id is not a UUID.
       UNAUTHENTICATED: the access token is missing, invalid or expired.
       PERMISSION_DENIED: the caller's role is below editor, or the space does not exist.
+      RESOURCE_EXHAUSTED: the caller already has 2 reindexes of other spaces waiting
+        (deployment setting); retry when one has finished.
     """
     GetIndexStats: _grpc.UnaryUnaryMultiCallable[_vector_pb2.GetIndexStatsRequest, _vector_pb2.GetIndexStatsResponse]
     """GetIndexStats returns counts over the whole index (all spaces; counts only, no content).
@@ -98,14 +101,17 @@ class VectorServiceAsyncStub(VectorServiceStub):
     """
     ReindexSpace: _aio.UnaryUnaryMultiCallable[_vector_pb2.ReindexSpaceRequest, _vector_pb2.ReindexSpaceResponse]  # type: ignore[assignment]
     """ReindexSpace re-reads every current document of a space from the knowledge service
-    and re-embeds it, replacing the space's chunks. It runs in the background: the
-    response only says how many documents were queued. Re-queuing a space that is
-    already being reindexed is harmless (work is idempotent per document version).
+    and re-embeds it, replacing the space's chunks. It runs in the background, one
+    document at a time behind the jobs queued before it: the response only says how many
+    documents were queued. A space already queued or being reindexed is not queued again:
+    the response gives that job's count (work is idempotent per document version).
     Requires: editor or owner of the space.
     Errors:
       INVALID_ARGUMENT: space_id is not a UUID.
       UNAUTHENTICATED: the access token is missing, invalid or expired.
       PERMISSION_DENIED: the caller's role is below editor, or the space does not exist.
+      RESOURCE_EXHAUSTED: the caller already has 2 reindexes of other spaces waiting
+        (deployment setting); retry when one has finished.
     """
     GetIndexStats: _aio.UnaryUnaryMultiCallable[_vector_pb2.GetIndexStatsRequest, _vector_pb2.GetIndexStatsResponse]  # type: ignore[assignment]
     """GetIndexStats returns counts over the whole index (all spaces; counts only, no content).
@@ -141,14 +147,17 @@ class VectorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_vector_pb2.ReindexSpaceResponse, _abc.Awaitable[_vector_pb2.ReindexSpaceResponse]]:
         """ReindexSpace re-reads every current document of a space from the knowledge service
-        and re-embeds it, replacing the space's chunks. It runs in the background: the
-        response only says how many documents were queued. Re-queuing a space that is
-        already being reindexed is harmless (work is idempotent per document version).
+        and re-embeds it, replacing the space's chunks. It runs in the background, one
+        document at a time behind the jobs queued before it: the response only says how many
+        documents were queued. A space already queued or being reindexed is not queued again:
+        the response gives that job's count (work is idempotent per document version).
         Requires: editor or owner of the space.
         Errors:
           INVALID_ARGUMENT: space_id is not a UUID.
           UNAUTHENTICATED: the access token is missing, invalid or expired.
           PERMISSION_DENIED: the caller's role is below editor, or the space does not exist.
+          RESOURCE_EXHAUSTED: the caller already has 2 reindexes of other spaces waiting
+            (deployment setting); retry when one has finished.
         """
 
     @_abc_1.abstractmethod
