@@ -28,6 +28,7 @@ from contracts.expect import expect_error
 from contracts.transports import ALL_TRANSPORTS, JSON_HTTP, NATIVE_GRPC, NativeGrpc, Transport, transport_for
 from fixtures.accounts import new_credentials, sign_up
 from fixtures.addresses import SourceRelay, new_client_address
+from fixtures.knowledge import create_space
 from fixtures.raw_grpc import (
     GRPC_WEB_CONTENT_TYPE,
     NO_MESSAGE,
@@ -215,6 +216,51 @@ async def test_nul_in_a_login_field_is_a_clear_400(transport: Transport, field: 
     values[field] += "\x00"
     reply = await transport.unary("auth.v1.AuthService/Login", auth_pb2.LoginRequest(**values))
     expect_error(reply, grpc.StatusCode.INVALID_ARGUMENT, f"{field}: must not contain the NUL character")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        (
+            "/v1/auth/logout",
+            {"refreshToken": "r", "allSessions": "yes"},
+            "allSessions: must be a JSON bool, not a string",
+        ),
+        ("/v1/auth/logout", {"refreshToken": "r", "allSessions": "true"}, "allSessions: must be a JSON bool"),
+        (
+            "/v1/spaces/{space}/documents",
+            {"title": "t", "tags": "notalist"},
+            "tags: is a list: it must be a JSON array",
+        ),
+        ("/v1/spaces/{space}/documents", {"title": "t", "tags": [["a"]]}, "tags[0]: must not be a list"),
+        ("/v1/spaces/{space}/documents", {"title": "t", "tagz": ["a"]}, "tagz: is not a field of"),
+        ("/v1/spaces", {"name": {"first": "x"}}, "name: must be a JSON string, not a object"),
+    ],
+)
+async def test_json_is_read_as_the_proto3_json_mapping_reads_it(
+    stack: StackEndpoints, setup: Transport, path: str, body: dict[str, object], message: str
+) -> None:
+    """Envoy's transcoder took each of these silently (a one-element list, a flattened list,
+    true, a dropped field); the edge now refuses them, naming the field, and writes nothing."""
+    user = await sign_up(setup)
+    space = (await create_space(setup, user, "Strict")).space_id
+    headers = {"authorization": f"Bearer {user.access_token}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{stack.envoy_http}{path.format(space=space)}", json=body, headers=headers) as response,
+    ):
+        assert response.status == 400
+        answer = await response.json()
+    assert answer["code"] == 3
+    assert answer["message"].startswith(message), answer
+    listed = await setup.unary(
+        "knowledge.v1.KnowledgeService/ListDocuments",
+        knowledge_pb2.ListDocumentsRequest(space_id=space),
+        token=user.access_token,
+    )
+    page = listed.unwrap()
+    assert isinstance(page, knowledge_pb2.ListDocumentsResponse)
+    assert not page.documents, "nothing was written"
 
 
 async def test_an_oversized_json_body_is_413_naming_the_limit(stack: StackEndpoints, setup: Transport) -> None:
