@@ -11,7 +11,7 @@
 --    a bool, and a field it does not know is dropped. The proto3 JSON mapping refuses all of
 --    these, and so does this filter: a body whose route it knows must be an object whose every
 --    field exists in the request message, each value of the JSON type its field takes. Anything
---    wrong is a 400 naming the field, in the transcoder's own error shape; the values themselves
+--    wrong is a 400 naming the field, in the services' error shape; the values themselves
 --    (numbers in range, enum names, ...) are left to the transcoder.
 
 local function refuse(path, problem)
@@ -155,10 +155,6 @@ local function route_of(method, path)
   return nil
 end
 
-local function escaped(text)
-  return (text:gsub('[%c"\\]', function(c) return string.format("\\u%04x", c:byte()) end))
-end
-
 local function token_out_of_the_url(headers)
   local path = headers:get(":path") or ""
   local before, query = path:match("^([^?]*)%?(.*)$")
@@ -189,12 +185,10 @@ local function check_json(handle, headers)
   end)
   if ok then return end
   if type(failure) ~= "table" then failure = { field = "", problem = "is not valid JSON" } end
+  -- Plain text: the edge's local-reply mapping gives it the {"code", "message"} shape.
   local message_text = failure.field == "" and ("request body: " .. failure.problem)
     or (failure.field .. ": " .. failure.problem)
-  handle:respond(
-    { [":status"] = "400", ["content-type"] = "application/json" },
-    '{"code":3,"message":"' .. escaped(message_text) .. '","details":[]}'
-  )
+  handle:respond({ [":status"] = "400", ["content-type"] = "text/plain" }, message_text)
 end
 
 function envoy_on_request(handle)

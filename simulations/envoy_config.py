@@ -573,12 +573,14 @@ def transcoder_filter(settings: EnvoySettings) -> dict[str, Any]:
 
 
 def local_replies(limits: EdgeLimits) -> dict[str, Any]:
-    """Envoy's own refusals of JSON requests say, as the transcoder's errors do, what the
-    limit is ({"code", "message", "details"}). The first mapper leaves gRPC and gRPC-Web
-    requests alone: Envoy turns their refusals into grpc-status and grpc-message itself. (A
-    JSON request the transcoder already turned into gRPC is told apart by the original path
-    the transcoder keeps.)"""
-    refusals = [
+    """Envoy's own refusals of JSON requests take the shape the services' errors have through
+    the transcoder ({"code", "message", "details"}), and say what the limit is. A 400 keeps its
+    own text (the edge's JSON checks, the transcoder's parse errors). The first mapper leaves
+    gRPC and gRPC-Web requests alone: Envoy turns their refusals into grpc-status and
+    grpc-message itself. (A JSON request the transcoder already turned into gRPC is told apart
+    by the original path the transcoder keeps.)"""
+    refusals: list[tuple[int, int, str | None]] = [
+        (400, 3, None),
         (413, 3, f"the request body is larger than the JSON API's limit of {limits.json_body_text}"),
         (431, 3, f"the request headers are larger than the limit of {limits.request_headers_kb} KiB"),
         (408, 4, f"the request did not arrive whole: it stalled for {limits.idle_timeout_s} s"),
@@ -611,7 +613,7 @@ def local_replies(limits: EdgeLimits) -> dict[str, Any]:
                             }
                         }
                     },
-                    "body": {"inline_string": message},
+                    **({"body": {"inline_string": message}} if message else {}),
                     "body_format_override": {
                         "json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%", "details": []},
                         "content_type": "application/json",

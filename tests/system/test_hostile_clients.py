@@ -235,6 +235,7 @@ async def test_nul_in_a_login_field_is_a_clear_400(transport: Transport, field: 
         ("/v1/spaces/{space}/documents", {"title": "t", "tags": [["a"]]}, "tags[0]: must not be a list"),
         ("/v1/spaces/{space}/documents", {"title": "t", "tagz": ["a"]}, "tagz: is not a field of"),
         ("/v1/spaces", {"name": {"first": "x"}}, "name: must be a JSON string, not a object"),
+        ("/v1/spaces", {"name": "a\ud800b"}, "Missing low surrogate"),  # the transcoder's words, the edge's shape
     ],
 )
 async def test_json_is_read_as_the_proto3_json_mapping_reads_it(

@@ -164,11 +164,15 @@ def test_json_refusals_say_the_limit_and_grpc_ones_are_left_to_envoy() -> None:
     first, *by_status = mappers
     assert "body" not in first, "gRPC and gRPC-Web requests keep Envoy's own grpc-status reply"
     bodies = {
-        m["filter"]["status_code_filter"]["comparison"]["value"]["default_value"]: m["body"]["inline_string"]
+        m["filter"]["status_code_filter"]["comparison"]["value"]["default_value"]: m.get("body", {}).get(
+            "inline_string"
+        )
         for m in by_status
     }
     assert "1 MiB" in bodies[413]
     assert "16 KiB" in bodies[431]
+    assert bodies[400] is None, "a 400 keeps its own words (the field at fault), in the same JSON shape"
+    assert {m["body_format_override"]["json_format"]["message"] for m in by_status} == {"%LOCAL_REPLY_BODY%"}
     transcoder = http_filter(build_config(settings()), "envoy.filters.http.grpc_json_transcoder")
     assert transcoder["max_request_body_size"] == 1024 * 1024
 
