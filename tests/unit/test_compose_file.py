@@ -4,6 +4,7 @@ health is checked, and the generated files it mounts are current."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import subprocess
 from pathlib import Path
@@ -108,3 +109,43 @@ def test_the_compose_envoy_config_is_valid_for_envoy(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def compose_files() -> list[Path]:
+    document = yaml.safe_load(COMPOSE_FILE.read_text())
+    return [COMPOSE_FILE, *(COMPOSE_FILE.parent / included for included in document.get("include", []))]
+
+
+@pytest.mark.parametrize("path", compose_files(), ids=lambda path: path.name)
+def test_every_file_compose_refers_to_exists(path: Path) -> None:
+    """Bind mounts, build contexts (with their Dockerfile) and includes, each resolved as
+    Compose resolves it: relative to the file that names it."""
+    document = yaml.safe_load(path.read_text())
+    assert path.exists()
+    checked = 0
+    for name, service in document.get("services", {}).items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith((".", "/")):
+                assert (path.parent / source).exists(), f"{path.name}: {name} mounts {source}, which does not exist"
+                checked += 1
+        build = service.get("build")
+        if build is not None:
+            context = path.parent / (build if isinstance(build, str) else build["context"])
+            assert (context / "Dockerfile").exists(), f"{path.name}: {name} builds {context} without a Dockerfile"
+            checked += 1
+    assert checked, f"{path.name} refers to no file: the check above would have checked nothing"
+
+
+def version_of(image: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in image.rsplit(":", 1)[1].lstrip("v").split("."))
+
+
+def test_the_qdrant_image_supports_what_the_vector_service_sends(compose: dict[str, Any]) -> None:
+    """The server index asks for ACORN search (Qdrant ≥ 1.16), and qdrant-client works with a
+    server whose minor version is within one of its own."""
+    server = version_of(compose["services"]["qdrant"]["image"])
+    client = tuple(int(part) for part in importlib.metadata.version("qdrant-client").split(".")[:2])
+    assert server[:2] >= (1, 16), f"Qdrant {server} has no ACORN search"
+    assert server[0] == client[0], f"server {server} vs qdrant-client {client}"
+    assert abs(server[1] - client[1]) <= 1, f"server {server} vs qdrant-client {client}"
