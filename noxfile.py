@@ -4,7 +4,7 @@
     uv run --frozen nox -s tests        everything CI runs: drift check, lint, all tests
     uv run --frozen nox -s unit         fast tests, no stack needed
     uv run --frozen nox -s system       tests against the running stack (started if needed)
-    uv run --frozen nox -s lint         ruff, ruff format, mypy
+    uv run --frozen nox -s lint         ruff, ruff format, mypy, the import layers (import-linter)
     uv run --frozen nox -s proto        regenerate services/api from proto/ (-- --check: only compare)
     uv run --frozen nox -s up / down / status / smoke
     uv run --frozen nox -s bench        every benchmark, printed (stops a running stack first)
@@ -25,6 +25,7 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", ".")
+    session.run("lint-imports")
 
 
 @nox.session(python=False)
@@ -77,7 +78,7 @@ def bench(session: nox.Session) -> None:
     startup benchmark, which needs the default ones (so a running stack is stopped first)."""
     session.run("python", "-m", "simulations", "down")
     session.run("python", "-m", "simulations", "bench", "startup")
-    session.run("python", "-m", "observability.bench", "ingest")
-    session.run("python", "-m", "observability.bench", "overhead")
+    session.run("python", "-m", "loadtests.bench_traces", "ingest")
+    session.run("python", "-m", "loadtests.bench_traces", "overhead")
     session.run("python", "-m", "loadtests.bench_getdocument")
     session.run("python", "-m", "loadtests.bench_search")

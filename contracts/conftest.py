@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from contracts.transports import ALL_TRANSPORTS, NATIVE_GRPC, Transport, transport_for
+from clients.transports import ALL_TRANSPORTS, NATIVE_GRPC, Transport, transport_for
 from fixtures.events import EventLog
 from services.kit.events import topic_for
 from simulations.endpoints import StackEndpoints

@@ -11,8 +11,8 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 
-from contracts.http_rules import http_status_for_grpc_code
-from contracts.transports import JSON_HTTP, MethodRef, Reply, Transport
+from clients.http_rules import http_status_for_grpc_code
+from clients.transports import JSON_HTTP, MethodRef, Reply, Transport
 from contracts.values import BAD_TOKENS, forged_token
 
 M = TypeVar("M", bound=Message)

@@ -27,7 +27,7 @@ import aiohttp
 import grpc
 import psutil
 
-from contracts.transports import transport_for
+from clients.transports import transport_for
 from fixtures.accounts import sign_up
 from observability.clickhouse import connect
 from observability.traces import TraceStore

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from faker import Faker
 
-from contracts.transports import NativeGrpc, Transport, transport_for
+from clients.transports import NativeGrpc, Transport, transport_for
 from fixtures.accounts import Account, sign_up
 from services.api.knowledge.v1 import knowledge_pb2
 from services.api.vector.v1 import vector_pb2

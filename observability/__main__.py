@@ -8,7 +8,8 @@
     errors [--since 15m] [--limit 20]   error spans, newest first
     broken [--since 15m]                spans whose parent never arrived
 
-The ClickHouse address comes from the running stack (or --clickhouse-url).
+The ClickHouse address is the local stack's (KP_CLICKHOUSE_URL, as for the services), or
+--clickhouse-url.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 
 from observability.clickhouse import connect
 from observability.traces import Edge, Latency, Span, TraceStore
-from simulations.endpoints import StackEndpoints, StackNotRunning
+from services.kit.settings import ServiceSettings
 
 DURATION = re.compile(r"^(\d+)([smhd]?)$")
 UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m observability", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--clickhouse-url", help="default: the running stack's ClickHouse")
+    parser.add_argument("--clickhouse-url", help="default: the local stack's ClickHouse (KP_CLICKHOUSE_URL)")
     commands = parser.add_subparsers(dest="command", required=True)
     trace = commands.add_parser("trace", help="one trace as a tree")
     trace.add_argument("trace_id")
@@ -82,12 +83,7 @@ def render_spans(spans: list[Span], empty: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        url = args.clickhouse_url or StackEndpoints.load().clickhouse_url
-    except StackNotRunning as error:
-        print(f"{error}; or pass --clickhouse-url", file=sys.stderr)
-        return 2
-    store = TraceStore(connect(url))
+    store = TraceStore(connect(args.clickhouse_url or ServiceSettings().clickhouse_url))
     if args.command == "trace":
         try:
             tree = store.trace(args.trace_id)

@@ -26,7 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from botocore.exceptions import ClientError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from contracts.transports import grpc_web_frame, parse_grpc_web
+from clients.transports import grpc_web_frame, parse_grpc_web
 from simulations.components.dynamodb import LOCAL_ACCESS_KEY, LOCAL_REGION, LOCAL_SECRET_KEY
 from simulations.endpoints import StackEndpoints
 from simulations.envoy_config import UPSTREAM_DOMAIN

@@ -12,9 +12,9 @@ import grpc
 import jwt
 import pytest
 
+from clients.transports import JSON_HTTP, MethodRef, NativeGrpc, Transport
 from contracts.expect import expect_error, expect_invalid_field, expect_ok
 from contracts.registry import contract
-from contracts.transports import JSON_HTTP, MethodRef, NativeGrpc, Transport
 from fixtures.accounts import Account, new_credentials, sign_up
 from fixtures.addresses import new_client_address, transport_from
 from fixtures.events import EventLog

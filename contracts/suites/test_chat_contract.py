@@ -19,6 +19,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
+from clients.transports import MethodRef, Reply, StreamReply, Transport
 from contracts.expect import (
     assert_canonical_id,
     assert_recent,
@@ -28,7 +29,6 @@ from contracts.expect import (
     expect_ok,
 )
 from contracts.registry import contract
-from contracts.transports import MethodRef, Reply, StreamReply, Transport
 from contracts.values import BAD_TOKENS, MALFORMED_IDS, forged_token, moment, new_id
 from fixtures.accounts import Account, sign_up
 from fixtures.documents import (

@@ -12,6 +12,7 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
+from clients.transports import JSON_HTTP, MethodRef, NativeGrpc, Reply, Transport
 from contracts.expect import (
     assert_canonical_id,
     assert_recent,
@@ -21,7 +22,6 @@ from contracts.expect import (
     expect_ok,
 )
 from contracts.registry import contract
-from contracts.transports import JSON_HTTP, MethodRef, NativeGrpc, Reply, Transport
 from contracts.values import MALFORMED_IDS, moment, new_id
 from fixtures.accounts import Account, sign_up
 from fixtures.events import EventLog

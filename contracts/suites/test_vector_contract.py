@@ -14,9 +14,9 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from clients.transports import MethodRef, Reply, Transport
 from contracts.expect import expect_error, expect_invalid_field, expect_needs_a_valid_token, expect_ok
 from contracts.registry import contract
-from contracts.transports import MethodRef, Reply, Transport
 from contracts.values import new_id
 from fixtures.accounts import sign_up
 from fixtures.documents import (

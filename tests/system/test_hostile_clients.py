@@ -24,8 +24,8 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from clients.transports import ALL_TRANSPORTS, JSON_HTTP, NATIVE_GRPC, NativeGrpc, Transport, transport_for
 from contracts.expect import expect_error
-from contracts.transports import ALL_TRANSPORTS, JSON_HTTP, NATIVE_GRPC, NativeGrpc, Transport, transport_for
 from fixtures.accounts import new_credentials, sign_up
 from fixtures.addresses import SourceRelay, new_client_address
 from fixtures.knowledge import create_space

@@ -13,7 +13,7 @@ import time
 import jwt
 import pytest
 
-from contracts.transports import NativeGrpc, Transport, transport_for
+from clients.transports import NativeGrpc, Transport, transport_for
 from fixtures.accounts import sign_up
 from services.api.auth.v1 import auth_pb2
 from services.api.knowledge.v1 import knowledge_pb2

@@ -15,8 +15,8 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
-from observability.bench import export_request
 from observability.clickhouse import connect
+from observability.synthetic import export_request
 from simulations.launcher import Launcher
 from simulations.platform import PLATFORM
 from simulations.rundir import RunDirectory

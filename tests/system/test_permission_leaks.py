@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
-from contracts.transports import ALL_TRANSPORTS, NativeGrpc, Transport, transport_for
+from clients.transports import ALL_TRANSPORTS, NativeGrpc, Transport, transport_for
 from fixtures.accounts import Account, sign_up
 from fixtures.documents import eventually, remove_member
 from fixtures.knowledge import VIEWER, add_member, create_document, create_space

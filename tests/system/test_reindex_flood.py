@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from contracts.transports import NATIVE_GRPC, Transport, transport_for
+from clients.transports import NATIVE_GRPC, Transport, transport_for
 from fixtures.accounts import Account, sign_up
 from fixtures.documents import eventually
 from fixtures.knowledge import create_document, create_space

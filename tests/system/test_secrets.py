@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from contracts.transports import ALL_TRANSPORTS, Transport, transport_for
+from clients.transports import ALL_TRANSPORTS, Transport, transport_for
 from fixtures.documents import eventually
 from fixtures.events import EventLog
 from observability.clickhouse import connect

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.protobuf.message import Message
 
+from clients.transports import ALL_TRANSPORTS, NativeGrpc, Transport, transport_for
 from contracts.expect import expect_error
-from contracts.transports import ALL_TRANSPORTS, NativeGrpc, Transport, transport_for
 from fixtures.accounts import Account, sign_up
 from fixtures.tokens import TestIssuer
 from services.api.auth.v1 import auth_pb2

@@ -28,8 +28,8 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Status
 
-from observability.bench import attribute
 from observability.clickhouse import connect
+from observability.synthetic import attribute
 from observability.traces import Latency, TraceStore, span
 from simulations.endpoints import StackEndpoints
 

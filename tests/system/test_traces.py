@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts.transports import Transport, transport_for
+from clients.transports import Transport, transport_for
 from fixtures.accounts import sign_up
 from fixtures.knowledge import create_space
 from observability.testing import TraceCapture, assert_connected, assert_no_errors, assert_path, assert_under

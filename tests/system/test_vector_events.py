@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from google.protobuf.message import Message
 
-from contracts.transports import NativeGrpc, Transport, transport_for
+from clients.transports import NativeGrpc, Transport, transport_for
 from fixtures.accounts import Account, sign_up
 from fixtures.documents import eventually
 from fixtures.events import EventLog

@@ -53,7 +53,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 
-from contracts.http_rules import (
+from clients.http_rules import (
     HttpError,
     binding_for,
     build_http_request,
@@ -753,7 +753,7 @@ def parse_json_stream(body: bytes) -> list[Any]:
 
 class JsonHttp(_HttpTransport):
     """JSON over HTTP/1.1 through Envoy's grpc_json_transcoder, following each method's
-    `google.api.http` rule (see contracts.http_rules)."""
+    `google.api.http` rule (see clients.http_rules)."""
 
     name = JSON_HTTP
 

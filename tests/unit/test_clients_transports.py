@@ -1,4 +1,4 @@
-"""contracts.http_rules and contracts.transports: one RPC called three ways.
+"""clients.http_rules and clients.transports: one RPC called three ways.
 
 The HTTP rules are checked on real methods of the generated API. NativeGrpc is checked against
 an in-process server (services.kit.server.build_server, port 0). The gRPC-Web and JSON wire
@@ -24,7 +24,7 @@ import yaml
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from contracts.http_rules import (
+from clients.http_rules import (
     Binding,
     HttpRuleError,
     binding_for,
@@ -34,7 +34,7 @@ from contracts.http_rules import (
     http_status_for_grpc_code,
     query_parameters,
 )
-from contracts.transports import (
+from clients.transports import (
     ALL_TRANSPORTS,
     GrpcWeb,
     GrpcWebDecoder,

@@ -1,7 +1,7 @@
 """Benchmarks of the trace pipeline; they print their figures (run them with `nox -s bench`).
 
-    python -m observability.bench ingest     spans/s into ClickHouse, and span-end → queryable delay
-    python -m observability.bench overhead   a unary RPC with tracing on vs off, same run, as ratios
+    python -m loadtests.bench_traces ingest     spans/s into ClickHouse, and span-end → queryable delay
+    python -m loadtests.bench_traces overhead   a unary RPC with tracing on vs off, same run, as ratios
 
 Each starts what it measures in its own run directory on moved ports (KP_PORT_OFFSET), so a
 running stack is not disturbed, and stops it afterwards.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import time
@@ -23,11 +22,9 @@ import aiohttp
 import grpc
 from clickhouse_connect.driver.client import Client
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from observability.clickhouse import connect
+from observability.synthetic import export_request
 from simulations.launcher import isolated_stack
 from simulations.platform import PLATFORM
 
@@ -40,39 +37,6 @@ def components(*names: str) -> AbstractAsyncContextManager[dict[str, dict[str, s
 
 
 # ---------------------------------------------------------------- ingest
-
-
-def attribute(key: str, value: str) -> KeyValue:
-    return KeyValue(key=key, value=AnyValue(string_value=value))
-
-
-def export_request(count: int, name: str, now_ns: int) -> trace_service_pb2.ExportTraceServiceRequest:
-    """`count` realistic spans (server spans with a handful of attributes) of one trace."""
-    trace_id = uuid.uuid4().bytes
-    spans = [
-        Span(
-            trace_id=trace_id,
-            span_id=os.urandom(8),
-            parent_span_id=os.urandom(8) if n else b"",
-            name=name,
-            kind=Span.SPAN_KIND_SERVER,
-            start_time_unix_nano=now_ns - 1_500_000,
-            end_time_unix_nano=now_ns,
-            attributes=[
-                attribute("rpc.system", "grpc"),
-                attribute("rpc.service", "knowledge.v1.KnowledgeService"),
-                attribute("rpc.method", "GetDocument"),
-                attribute("net.peer.ip", "127.0.0.1"),
-                KeyValue(key="rpc.grpc.status_code", value=AnyValue(int_value=0)),
-            ],
-        )
-        for n in range(count)
-    ]
-    resource = Resource(attributes=[attribute("service.name", "bench"), attribute("deployment.environment", "bench")])
-    scope = ScopeSpans(scope=InstrumentationScope(name="bench", version="1"), spans=spans)
-    return trace_service_pb2.ExportTraceServiceRequest(
-        resource_spans=[ResourceSpans(resource=resource, scope_spans=[scope])]
-    )
 
 
 async def receiver_stats(session: aiohttp.ClientSession, http: str) -> dict[str, int]:
@@ -178,7 +142,7 @@ async def bench_ingest(total_spans: int, per_request: int, in_flight: int, probe
 # -------------------------------------------------------------- overhead
 
 
-SERVER = "observability.bench_server"
+SERVER = "loadtests.trace_bench_server"
 
 
 async def bench_overhead(seconds: float, concurrency: int, rounds: int) -> None:

@@ -1,7 +1,7 @@
-"""The server side of `observability.bench overhead`: the kit's gRPC server answering a trivial
+"""The server side of `loadtests.bench_traces overhead`: the kit's gRPC server answering a trivial
 unary RPC (auth.v1 GetJwks with a fixed key), with tracing off or on (every span exported).
 
-    python -m observability.bench_server --port P --tracing on|off --otlp HOST:PORT
+    python -m loadtests.trace_bench_server --port P --tracing on|off --otlp HOST:PORT
 """
 
 from __future__ import annotations
