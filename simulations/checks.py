@@ -1,7 +1,9 @@
 """One real-client check per component of the running stack.
 
 Each check does real work over the component's own protocol and raises AssertionError with
-what it saw when the component misbehaves. The smoke scenario runs them all and prints a
+what it saw when the component misbehaves; a service is checked as its users reach it, over
+JSON through Envoy (sign up; a space and a document; found by search; asked about, answered
+with a citation). The smoke scenario runs them all and prints a
 summary; the system tests run the same table, one test per row. Adding a component means
 adding one check and one row to `CHECKS`.
 """
@@ -14,6 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
+from typing import TypeVar
 
 import aioboto3
 import aiohttp
@@ -24,14 +27,20 @@ from aiobotocore.config import AioConfig
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from botocore.exceptions import ClientError
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clients.transports import grpc_web_frame, parse_grpc_web
+from clients.transports import JSON_HTTP, Transport, grpc_web_frame, parse_grpc_web, transport_for
+from services.api.auth.v1 import auth_pb2
+from services.api.chat.v1 import chat_pb2
+from services.api.knowledge.v1 import knowledge_pb2
+from services.api.vector.v1 import vector_pb2
 from simulations.components.dynamodb import LOCAL_ACCESS_KEY, LOCAL_REGION, LOCAL_SECRET_KEY
 from simulations.endpoints import StackEndpoints
 from simulations.envoy_config import UPSTREAM_DOMAIN
 
 Check = Callable[[StackEndpoints], Awaitable[str]]
+MessageT = TypeVar("MessageT", bound=Message)
 
 
 @dataclass(frozen=True)
@@ -310,6 +319,132 @@ async def check_traces(stack: StackEndpoints, timeout_s: float = 10.0) -> str:
     )
 
 
+# ------------------------------------------------------------- the services, through Envoy
+
+HARBOUR = (
+    "Harbour tides",
+    "The harbour master posts the tide tables every Monday. Ships wait for high tide before they enter the lock.",
+)
+
+
+@dataclass
+class Visitor:
+    """A new user of the platform, calling it over JSON through Envoy, as a browser would."""
+
+    transport: Transport
+    user_id: str
+    token: str
+
+    @classmethod
+    async def signed_up(cls, stack: StackEndpoints) -> Visitor:
+        transport = transport_for(JSON_HTTP, stack.envoy_http, stack.envoy_grpc)
+        request = auth_pb2.SignUpRequest(
+            email=f"{unique('smoke')}@example.test", password=f"pw-{uuid.uuid4().hex}", display_name="Smoke"
+        )
+        response = (await transport.unary("auth.v1.AuthService/SignUp", request, timeout=20)).unwrap()
+        assert isinstance(response, auth_pb2.SignUpResponse)
+        return cls(transport, response.user.user_id, response.tokens.access_token)
+
+    async def call(self, method: str, request: Message, expected: type[MessageT]) -> MessageT:
+        response = (await self.transport.unary(method, request, token=self.token, timeout=20)).unwrap()
+        assert isinstance(response, expected), f"{method}: {response!r}"
+        return response
+
+    async def space_with_document(self) -> tuple[str, str]:
+        space = await self.call(
+            "knowledge.v1.KnowledgeService/CreateSpace",
+            knowledge_pb2.CreateSpaceRequest(name="Smoke"),
+            knowledge_pb2.CreateSpaceResponse,
+        )
+        title, content = HARBOUR
+        created = await self.call(
+            "knowledge.v1.KnowledgeService/CreateDocument",
+            knowledge_pb2.CreateDocumentRequest(space_id=space.space.space_id, title=title, content=content),
+            knowledge_pb2.CreateDocumentResponse,
+        )
+        return space.space.space_id, created.document.document_id
+
+    async def search_until_found(self, space_id: str, document_id: str, timeout_s: float = 30.0) -> float:
+        """Seconds from now until a search finds the document (indexing is eventual)."""
+        began = time.monotonic()
+        request = vector_pb2.SearchRequest(query="when is the tide high enough", space_ids=[space_id])
+        while time.monotonic() - began < timeout_s:
+            found = await self.call("vector.v1.VectorService/Search", request, vector_pb2.SearchResponse)
+            if any(hit.document_id == document_id for hit in found.hits):
+                return time.monotonic() - began
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"search did not find the new document within {timeout_s:.0f} s")
+
+    async def close(self) -> None:
+        await self.transport.aclose()
+
+
+async def check_auth(stack: StackEndpoints) -> str:
+    """Sign up, then the token names the new user."""
+    visitor = await Visitor.signed_up(stack)
+    try:
+        me = await visitor.call("auth.v1.AuthService/WhoAmI", auth_pb2.WhoAmIRequest(), auth_pb2.WhoAmIResponse)
+    finally:
+        await visitor.close()
+    assert me.user.user_id == visitor.user_id
+    return f"signed up {me.user.email} over JSON through Envoy; WhoAmI names the new user"
+
+
+async def check_knowledge(stack: StackEndpoints) -> str:
+    """A space and a document in it, read back."""
+    visitor = await Visitor.signed_up(stack)
+    try:
+        space_id, document_id = await visitor.space_with_document()
+        read = await visitor.call(
+            "knowledge.v1.KnowledgeService/GetDocument",
+            knowledge_pb2.GetDocumentRequest(space_id=space_id, document_id=document_id),
+            knowledge_pb2.GetDocumentResponse,
+        )
+    finally:
+        await visitor.close()
+    assert (read.document.title, read.document.version) == (HARBOUR[0], 1)
+    return f"created a space and document {document_id[:8]}… and read version 1 back"
+
+
+async def check_vector(stack: StackEndpoints) -> str:
+    """A new document is found by searching for what it says."""
+    visitor = await Visitor.signed_up(stack)
+    try:
+        space_id, document_id = await visitor.space_with_document()
+        waited = await visitor.search_until_found(space_id, document_id)
+    finally:
+        await visitor.close()
+    return f"a new document found by search {waited * 1000:.0f} ms after it was written"
+
+
+async def check_chat(stack: StackEndpoints) -> str:
+    """A question about a new document gets an answer that cites it."""
+    visitor = await Visitor.signed_up(stack)
+    try:
+        space_id, document_id = await visitor.space_with_document()
+        await visitor.search_until_found(space_id, document_id)
+        conversation = await visitor.call(
+            "chat.v1.ChatService/CreateConversation",
+            chat_pb2.CreateConversationRequest(title="Smoke", space_ids=[space_id]),
+            chat_pb2.CreateConversationResponse,
+        )
+        request = chat_pb2.AskRequest(
+            conversation_id=conversation.conversation.conversation_id, question="When do ships enter the lock?"
+        )
+        streamed = await visitor.transport.server_stream(
+            "chat.v1.ChatService/Ask", request, token=visitor.token, timeout=30
+        )
+    finally:
+        await visitor.close()
+    assert streamed.ok, f"Ask: {streamed.code.name} {streamed.details}"
+    events = [message for message in streamed.messages if isinstance(message, chat_pb2.AskResponse)]
+    cited = {m.citation.document_id for m in events if m.WhichOneof("event") == "citation"}
+    [complete] = [m.complete for m in events if m.WhichOneof("event") == "complete"]
+    assert document_id in cited, f"the answer cites {sorted(cited)}, not the new document"
+    assert complete.answer_kind == chat_pb2.ANSWER_KIND_EXTRACTIVE, complete
+    return f"asked about it: an answer with {len(cited)} citation(s) of the new document, streamed over JSON"
+
+
 CHECKS: dict[str, Check] = {
     "kafka": check_kafka,
     "postgres": check_postgres,
@@ -319,4 +454,8 @@ CHECKS: dict[str, Check] = {
     "smtp": check_mail,
     "envoy": check_envoy,
     "otlp": check_traces,
+    "auth": check_auth,
+    "knowledge": check_knowledge,
+    "vector": check_vector,
+    "chat": check_chat,
 }
