@@ -49,12 +49,8 @@ def resource_for(settings: TelemetrySettings) -> Resource:
     )
 
 
-def setup_telemetry(settings: TelemetrySettings) -> TracerProvider:
-    """Install the process-wide tracer provider once; later calls return the same one."""
-    global _provider
-    if _provider is not None:
-        return _provider
-    propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()]))
+def tracer_provider(settings: TelemetrySettings) -> TracerProvider:
+    """A tracer provider exporting as every service exports: OTLP/gRPC, batched every 200 ms."""
     sampler = ParentBased(TraceIdRatioBased(settings.sample_ratio))
     provider = TracerProvider(resource=resource_for(settings), sampler=sampler)
     if settings.enabled:
@@ -62,6 +58,16 @@ def setup_telemetry(settings: TelemetrySettings) -> TracerProvider:
         provider.add_span_processor(
             BatchSpanProcessor(exporter, max_queue_size=20_000, max_export_batch_size=2_000, schedule_delay_millis=200)
         )
+    return provider
+
+
+def setup_telemetry(settings: TelemetrySettings) -> TracerProvider:
+    """Install the process-wide tracer provider once; later calls return the same one."""
+    global _provider
+    if _provider is not None:
+        return _provider
+    propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()]))
+    provider = tracer_provider(settings)
     trace.set_tracer_provider(provider)
     _instrument_libraries()
     _provider = provider
