@@ -46,9 +46,9 @@ from observability.clickhouse import connect
 from observability.traces import TraceStore
 from services.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from simulations.launcher import isolated_launcher, process_tree
-from simulations.platform import PLATFORM
+from simulations.profiles import profile
 
-PORT_OFFSET = 800
+PROFILE = profile("bench-getdocument")
 ECHO_METHOD = "/bench.Echo/Echo"
 BARE = "echo, bare grpcio"
 MATCHED = "echo, service runtime"
@@ -279,14 +279,14 @@ async def quiesce(processes: Processes, idle_cores: float = 0.05, timeout_s: flo
 
 
 def echo_port(runtime: str) -> int:
-    return 15950 + PORT_OFFSET + RUNTIMES.index(runtime)
+    return PROFILE.extra_port(RUNTIMES.index(runtime))
 
 
 async def run(
     seconds: float, concurrency: int, rounds: int, sample_ratio: str, users: int, documents: int, spaces: int
 ) -> int:
     environ = {"KP_TRACE_SAMPLE_RATIO": sample_ratio}
-    async with isolated_launcher(PLATFORM, ["envoy"], PORT_OFFSET, environ) as launcher:
+    async with isolated_launcher(PROFILE, environ) as launcher:
         endpoints = {name: dict(r.component.endpoints()) for name, r in launcher.running.items()}
         setup = transport_for("grpc", endpoints["envoy"]["http"], endpoints["envoy"]["grpc"])
         print(f"seeding {users} users, {documents:,} documents in {spaces} spaces ...", flush=True)

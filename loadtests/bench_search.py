@@ -40,9 +40,8 @@ from services.vector.chunking import chunk_text
 from services.vector.embeddings import LexicalEmbedder
 from services.vector.indexing import document_text
 from simulations.launcher import isolated_launcher
-from simulations.platform import PLATFORM
+from simulations.profiles import profile
 
-PORT_OFFSET = 1600
 SPACES, READER_SPACES = 50, 5
 # Targets (the README's and the performance issue's): recall at every size; search at the
 # largest size; freshness on a quiet index.
@@ -200,8 +199,7 @@ async def run(sizes: list[int], seconds: float) -> int:
     faker = Faker()
     Faker.seed(7)
     random.seed(7)
-    environment = {"KP_EMBEDDING_MODEL": "lexical-hash-384", "KP_TRACE_SAMPLE_RATIO": "0.02"}
-    async with isolated_launcher(PLATFORM, ["envoy"], PORT_OFFSET, environment) as launcher:
+    async with isolated_launcher(profile("bench-search")) as launcher:
         endpoints = {name: dict(r.component.endpoints()) for name, r in launcher.running.items()}
         envoy = transport_for("grpc", endpoints["envoy"]["http"], endpoints["envoy"]["grpc"])
         knowledge = NativeGrpc(endpoints["knowledge"]["grpc"])

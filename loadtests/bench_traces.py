@@ -21,7 +21,6 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import aiohttp
@@ -37,17 +36,12 @@ from services.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.kit.telemetry import TelemetrySettings, tracer_provider
 from simulations.envoy_config import UPSTREAM_DOMAIN
 from simulations.launcher import isolated_stack
-from simulations.platform import PLATFORM
+from simulations.profiles import profile
 
-BENCH_PORT_OFFSET = 700
 Export = Callable[..., Awaitable[trace_service_pb2.ExportTraceServiceResponse]]
 INGEST_TARGET = 10_000  # spans/s into ClickHouse, on these two cores (Uptrace's per-core figure)
 QUERYABLE_P99_TARGET_MS = 5_000.0  # a span is queryable within seconds, for debugging and tests
 OVERHEAD_TARGET = 0.85  # throughput with every span exported, as a share of tracing off
-
-
-def components(*names: str) -> AbstractAsyncContextManager[dict[str, dict[str, str]]]:
-    return isolated_stack(PLATFORM, names, BENCH_PORT_OFFSET)
 
 
 # ---------------------------------------------------------------- ingest
@@ -143,7 +137,7 @@ def percentiles(delays: list[float]) -> tuple[float, float]:
 
 
 async def bench_ingest(total_spans: int, per_request: int, in_flight: int, probes: int) -> int:
-    async with components("envoy") as endpoints, aiohttp.ClientSession() as session:
+    async with isolated_stack(profile("bench-traces")) as endpoints, aiohttp.ClientSession() as session:
         otlp = endpoints["otlp"]
         store = connect(endpoints["clickhouse"]["http"])
         channel = grpc.aio.insecure_channel(otlp["grpc"])
@@ -212,7 +206,7 @@ class Served:
 async def bench_overhead(seconds: float, concurrency: int, rounds: int) -> int:
     """The same trivial unary RPC served by the kit's server, with tracing off and on; with
     tracing on, every span the server sent must be accepted and written by the receiver."""
-    async with components("otlp") as endpoints, aiohttp.ClientSession() as session:
+    async with isolated_stack(OVERHEAD) as endpoints, aiohttp.ClientSession() as session:
         otlp = endpoints["otlp"]
         results: dict[str, list[Served]] = {"off": [], "on": []}
         accounted: list[str] = []
@@ -261,7 +255,7 @@ async def account_for(session: aiohttp.ClientSession, http: str, before: dict[st
 
 
 async def measure_server(mode: str, otlp: str, seconds: float, concurrency: int) -> Served:
-    port = 15900 + BENCH_PORT_OFFSET
+    port = OVERHEAD.extra_port(0)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -301,6 +295,7 @@ async def measure_server(mode: str, otlp: str, seconds: float, concurrency: int)
 
 
 WARM_UP_CALLS = 200
+OVERHEAD = profile("bench-trace-overhead")  # the receiver, and the traced server's port
 
 
 def main() -> None:

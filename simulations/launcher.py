@@ -19,7 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from textwrap import shorten
@@ -35,6 +35,8 @@ from simulations.components.base import (
     running_as_root,
     user_ids,
 )
+from simulations.platform import PLATFORM
+from simulations.profiles import Profile
 from simulations.rundir import ComponentRecord, RunDirectory
 from simulations.topology import PORT_OFFSET_ENV, Topology, port_override_env, resolve_ports
 
@@ -390,19 +392,19 @@ async def wait_ports_free(ports: Mapping[str, int], timeout_s: float) -> dict[st
 
 @contextlib.asynccontextmanager
 async def isolated_launcher(
-    topology: Topology, wanted: Iterable[str], port_offset: int, environ: Mapping[str, str] | None = None
+    profile: Profile, environ: Mapping[str, str] | None = None, topology: Topology | None = None
 ) -> AsyncIterator[Launcher]:
-    """The named components (and what they need) started in a scratch run directory on ports
-    moved by `port_offset`, for benchmarks and fault tests that must not touch a running stack.
-    `environ` adds settings every process of this stack sees (e.g. a sampling ratio). The
-    launcher is yielded, so a test can stop and restart components; all stop afterwards."""
+    """The profile's stack (simulations.profiles) started in a scratch run directory on its
+    own ports, for benchmarks and fault tests that must not touch a running stack. `environ`
+    adds settings every process of this stack sees (e.g. a sampling ratio) to the profile's.
+    The launcher is yielded, so a test can stop and restart components; all stop afterwards."""
     saved = dict(os.environ)
-    os.environ.update({PORT_OFFSET_ENV: str(port_offset), **(environ or {})})
+    os.environ.update({PORT_OFFSET_ENV: str(profile.port_offset), **profile.environ, **(environ or {})})
     try:
-        with tempfile.TemporaryDirectory(prefix="kph-isolated-") as scratch:
+        with tempfile.TemporaryDirectory(prefix=f"kph-{profile.name}-") as scratch:
             run_dir = RunDirectory(Path(scratch))
             run_dir.prepare_fresh(supervisor_pid=os.getpid(), keep_data=False)
-            launcher = Launcher(topology.subset(wanted), run_dir)
+            launcher = Launcher((topology or PLATFORM).subset(profile.components), run_dir)
             await launcher.start()
             try:
                 yield launcher
@@ -415,8 +417,8 @@ async def isolated_launcher(
 
 @contextlib.asynccontextmanager
 async def isolated_stack(
-    topology: Topology, wanted: Iterable[str], port_offset: int, environ: Mapping[str, str] | None = None
+    profile: Profile, environ: Mapping[str, str] | None = None
 ) -> AsyncIterator[dict[str, dict[str, str]]]:
     """Like `isolated_launcher`, yielding each component's endpoints."""
-    async with isolated_launcher(topology, wanted, port_offset, environ) as launcher:
+    async with isolated_launcher(profile, environ) as launcher:
         yield {name: dict(r.component.endpoints()) for name, r in launcher.running.items()}

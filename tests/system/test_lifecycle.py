@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from simulations.launcher import port_is_listening
+from simulations.profiles import profile
 from simulations.rundir import RunDirectory, StackState
 from simulations.supervisor import pid_alive
 
@@ -85,8 +86,14 @@ def isolated(tmp_path: Path) -> Iterator[Path]:
                 psutil.Process(pid).kill()
 
 
+def stack_of(name: str) -> tuple[int, str, str]:
+    """A profile's port offset and the `--only` arguments naming its components."""
+    stack = profile(name)
+    return stack.port_offset, "--only", ",".join(stack.components)
+
+
 def test_down_leaves_no_process_or_listening_port(isolated: Path) -> None:
-    offset = 1000
+    offset = profile("lifecycle-down").port_offset
     started = cli(isolated, offset, "up", "--detach")
     assert started.returncode == 0, started.stdout + started.stderr
     state = RunDirectory(isolated).read_state()
@@ -104,7 +111,7 @@ def test_down_leaves_no_process_or_listening_port(isolated: Path) -> None:
 
 
 def test_ctrl_c_stops_the_foreground_stack_cleanly(isolated: Path) -> None:
-    process = foreground(isolated, 1100, "--only", "postgres,redis,smtp")
+    process = foreground(isolated, *stack_of("lifecycle-ctrl-c"))
     state = wait_healthy(isolated)
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=60)
@@ -114,7 +121,7 @@ def test_ctrl_c_stops_the_foreground_stack_cleanly(isolated: Path) -> None:
 
 
 def test_a_killed_launcher_takes_its_components_with_it(isolated: Path) -> None:
-    process = foreground(isolated, 1200, "--only", "postgres,redis,dynamodb")
+    process = foreground(isolated, *stack_of("lifecycle-killed"))
     state = wait_healthy(isolated)
     process.kill()  # SIGKILL: no clean-up code runs in the launcher
     process.communicate(timeout=30)
@@ -122,11 +129,11 @@ def test_a_killed_launcher_takes_its_components_with_it(isolated: Path) -> None:
 
 
 def test_a_busy_port_fails_fast_naming_component_cause_and_remedy(isolated: Path) -> None:
-    offset = 1300
+    offset, *only = stack_of("lifecycle-busy-port")
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 16379 + offset))
         squatter.listen()
-        result = cli(isolated, offset, "up", "--detach", "--only", "postgres,redis", timeout_s=60)
+        result = cli(isolated, offset, "up", "--detach", *only, timeout_s=60)
     message = result.stdout + result.stderr
     assert result.returncode == 1, message
     owner = f"{psutil.Process().name()} (pid {os.getpid()}: "  # python under xdist, pytest without

@@ -19,6 +19,7 @@ from observability.clickhouse import connect
 from observability.synthetic import export_request
 from simulations.launcher import Launcher
 from simulations.platform import PLATFORM
+from simulations.profiles import profile
 from simulations.rundir import RunDirectory
 from simulations.topology import PORT_OFFSET_ENV
 
@@ -27,10 +28,11 @@ pytestmark = pytest.mark.xdist_group("lifecycle")
 
 @pytest.fixture
 async def receiver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Launcher]:
-    monkeypatch.setenv(PORT_OFFSET_ENV, "1400")
+    receiver_stack = profile("receiver")
+    monkeypatch.setenv(PORT_OFFSET_ENV, str(receiver_stack.port_offset))
     run_dir = RunDirectory(tmp_path)
     run_dir.prepare_fresh(supervisor_pid=os.getpid(), keep_data=False)
-    launcher = Launcher(PLATFORM.subset(["otlp"]), run_dir)
+    launcher = Launcher(PLATFORM.subset(receiver_stack.components), run_dir)
     await launcher.start()
     yield launcher
     await launcher.stop()

@@ -25,7 +25,7 @@ from services.kit.events import EventEnvelope, dead_letter_topic, new_envelope, 
 from services.kit.kafka import EventProducer
 from simulations.endpoints import StackEndpoints
 from simulations.launcher import Launcher, isolated_launcher
-from simulations.platform import PLATFORM
+from simulations.profiles import profile
 
 KNOWLEDGE_TOPIC = topic_for("knowledge")
 
@@ -157,8 +157,7 @@ async def test_poison_is_dead_lettered_and_the_consumer_keeps_going(
 async def test_a_killed_vector_service_loses_no_update() -> None:
     """On its own stack: kill -9 the vector service while documents are being written, start
     it again, and every document becomes searchable (offsets were committed after upserts)."""
-    lexical = {"KP_EMBEDDING_MODEL": "lexical-hash-384"}
-    async with isolated_launcher(PLATFORM, ["vector"], port_offset=1500, environ=lexical) as launcher:
+    async with isolated_launcher(profile("vector-restart")) as launcher:
         endpoints = {name: dict(r.component.endpoints()) for name, r in launcher.running.items()}
         auth = NativeGrpc(endpoints["auth"]["grpc"])
         knowledge = NativeGrpc(endpoints["knowledge"]["grpc"])

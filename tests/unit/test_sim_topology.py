@@ -126,21 +126,3 @@ def test_empty_override_is_ignored() -> None:
 
 def test_other_components_overrides_do_not_apply() -> None:
     assert resolve_ports(WEB, environ={"KP_KAFKA_HTTP_PORT": "1"})["http"] == 18080
-
-
-# Linux hands out client ports from 32768 up (net.ipv4.ip_local_port_range); a listening port in
-# that range can be held by any outgoing connection at the moment a stack starts.
-EPHEMERAL_PORTS_START = 32768
-LARGEST_OFFSET_IN_USE = 2000  # test and benchmark stacks move their ports by at most this
-
-
-@pytest.mark.parametrize("offset", [0, LARGEST_OFFSET_IN_USE])
-def test_platform_ports_are_distinct_and_below_the_ephemeral_range(offset: int) -> None:
-    environ = {"KP_PORT_OFFSET": str(offset)}
-    ports = {
-        f"{component.name} {role}": port
-        for component in PLATFORM.components
-        for role, port in resolve_ports(component, environ).items()
-    }
-    assert len(set(ports.values())) == len(ports), ports
-    assert max(ports.values()) < EPHEMERAL_PORTS_START, ports
