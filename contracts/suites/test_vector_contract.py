@@ -262,7 +262,7 @@ async def test_search_accepts_its_limits_counted_in_code_points(
         ("top_k", "password", 51, []),
         ("top_k", "password", -1, []),
         ("space_ids", "password", 0, [new_id() for _ in range(101)]),
-        ("space_ids", "password", 0, ["7c1e5f0a-2b3c-4d5e-8f90-a1b2c3d4e5f6"] * 2),
+        ("space_ids[1]", "password", 0, ["7c1e5f0a-2b3c-4d5e-8f90-a1b2c3d4e5f6"] * 2),
         *(("space_ids[0]", "password", 0, [malformed]) for malformed in MALFORMED_IDS),
         ("space_ids[1]", "password", 0, [new_id(), "not-a-uuid"]),
         *(pytest.param("space_ids[0]", "password", 0, [lenient]) for lenient in LENIENTLY_PARSED_IDS),

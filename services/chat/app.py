@@ -7,6 +7,7 @@ import logging
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import redis.asyncio as aioredis
 from websockets.asyncio.server import Server
 
 from services.api.chat.v1 import chat_pb2_grpc
@@ -16,11 +17,13 @@ from services.chat.peers import KnowledgeAccess, VectorSearch
 from services.chat.repository import ChatRepository
 from services.chat.server import PUBLIC_METHODS, SERVICE_NAME, ChatServer
 from services.chat.service import ChatService
-from services.chat.websocket import WS_PATH, ChatWebSocketEndpoint, open_server
+from services.chat.websocket import WS_PATH, ChatProtocol
 from services.kit import app
+from services.kit.access import AccessEpochs
 from services.kit.clients import service_channel
 from services.kit.server import ServiceSpec
 from services.kit.settings import ServiceSettings
+from services.kit.websocket import WebSocketBridge
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 log = logging.getLogger("services.chat")
@@ -32,6 +35,8 @@ class ChatSettings(ServiceSettings):
     # The WebSocket endpoint (/v1/chat/ws) listens on grpc_host at this port.
     ws_port: int = 15064
     vector_grpc_target: str = "127.0.0.1:15053"
+    # Backstop expiry of cached space access (services.kit.access); epochs make changes immediate.
+    access_cache_ttl_s: float = 30.0
 
 
 async def build(settings: ChatSettings, resources: AsyncExitStack) -> app.Application:
@@ -45,10 +50,12 @@ async def build(settings: ChatSettings, resources: AsyncExitStack) -> app.Applic
     resources.push_async_callback(knowledge.close)
     vector = service_channel(settings.vector_grpc_target, service_tokens=identity)
     resources.push_async_callback(vector.close)
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    resources.push_async_callback(redis.aclose)
     service = ChatService(
         sessions=sessions,
         repository=ChatRepository(),
-        access=KnowledgeAccess(knowledge),
+        access=KnowledgeAccess(knowledge, AccessEpochs(redis), ttl_s=settings.access_cache_ttl_s),
         search=VectorSearch(vector),
         composer=ExtractiveComposer(),
         on_commit=relay.wake,
@@ -56,7 +63,8 @@ async def build(settings: ChatSettings, resources: AsyncExitStack) -> app.Applic
 
     # One set of verifiers (and one JWKS cache) for both ways in.
     verifiers = app.platform_verifiers(settings)
-    websocket = await open_server(ChatWebSocketEndpoint(service, verifiers.users), settings.grpc_host, settings.ws_port)
+    bridge = WebSocketBridge(ChatProtocol(service, verifiers.users.leeway_s), verifiers.users)
+    websocket = await bridge.open_server(settings.grpc_host, settings.ws_port)
     resources.push_async_callback(close_websocket, websocket)
     # The library logs every connection at INFO; the endpoint's own spans already record them.
     logging.getLogger("websockets").setLevel(logging.WARNING)

@@ -16,8 +16,8 @@ from datetime import datetime, timedelta
 from enum import IntEnum, StrEnum
 from typing import TypeAlias
 
-from services.kit.errors import InvalidArgument, NotFound
-from services.kit.ids import parse_id
+from services.kit.errors import NotFound
+from services.kit.ids import parse_ids
 from services.kit.pagination import Cursor, is_time_and_id
 from services.kit.text import trimmed_text
 
@@ -48,15 +48,7 @@ def normalize_question(raw: str) -> str:
 
 def normalize_space_ids(raw: Sequence[str]) -> tuple[str, ...]:
     """0–100 distinct space UUIDs, in the order given."""
-    if len(raw) > SPACE_IDS_MAX:
-        raise InvalidArgument("space_ids", f"must hold at most {SPACE_IDS_MAX} space ids, got {len(raw)}")
-    space_ids: list[str] = []
-    for index, value in enumerate(raw):
-        space_id = parse_id(value, f"space_ids[{index}]")
-        if space_id in space_ids:
-            raise InvalidArgument(f"space_ids[{index}]", f"repeats the space {space_id}; space ids must be distinct")
-        space_ids.append(space_id)
-    return tuple(space_ids)
+    return parse_ids(raw, "space_ids", SPACE_IDS_MAX)
 
 
 # ------------------------------------------------------------ conversations

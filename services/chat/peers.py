@@ -18,6 +18,7 @@ import grpc
 from services.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from services.api.vector.v1 import vector_pb2, vector_pb2_grpc
 from services.chat.domain import RetrievedChunk
+from services.kit.access import AccessCache, EpochSource
 from services.kit.errors import DomainError, PermissionDenied, Unauthenticated, Unavailable
 
 # The vector service's limit on a query; longer questions are searched by their start.
@@ -51,26 +52,26 @@ def calling(peer: str) -> Iterator[None]:
 
 class KnowledgeAccess:
     """Space access as the knowledge service (the permission authority) decides it, through
-    its internal CheckAccess and ListAccessibleSpaces."""
+    its internal ListAccessibleSpaces, kept in the kit's access cache (services.kit.access:
+    fresh the moment a membership change returns, however often chat asks)."""
 
     PEER = "knowledge service"
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, epochs: EpochSource, ttl_s: float = 30.0) -> None:
         self.stub = knowledge_pb2_grpc.KnowledgeServiceStub(channel)
+        self.cache = AccessCache(self._readable, epochs, ttl_s=ttl_s)
 
     async def can_read(self, user_id: str, space_id: str) -> bool:
-        request = knowledge_pb2.CheckAccessRequest(
-            user_id=user_id, space_id=space_id, required_role=knowledge_pb2.ROLE_VIEWER
-        )
-        with calling(self.PEER):
-            reply = await self.stub.CheckAccess(request)
-        return reply.allowed
+        return space_id in await self.cache.readable(user_id)
 
     async def readable_spaces(self, user_id: str) -> set[str]:
+        return set(await self.cache.readable(user_id))
+
+    async def _readable(self, user_id: str) -> list[str]:
         request = knowledge_pb2.ListAccessibleSpacesRequest(user_id=user_id, minimum_role=knowledge_pb2.ROLE_VIEWER)
         with calling(self.PEER):
             reply = await self.stub.ListAccessibleSpaces(request)
-        return {space.space_id for space in reply.spaces}
+        return [space.space_id for space in reply.spaces]
 
 
 class VectorSearch:

@@ -5,16 +5,12 @@ Browsers stream two ways over WebSockets (the seed's choice), so the chat proces
 second adapter of the same use case as gRPC Ask (`ChatService.ask`): one implementation of
 asking, two ways in.
 
-Authentication: the access token goes in the `Authorization: Bearer <token>` header of the
-upgrade request. Browsers cannot set headers on WebSockets: they offer two subprotocols,
-`kp.chat.v1` and `access_token.<token>` (`new WebSocket(url, ["kp.chat.v1", "access_token." +
-token])`); the server selects `kp.chat.v1`, so the token is never echoed, and nothing puts it
-in a URL. The `access_token` query parameter (`/v1/chat/ws?access_token=<token>`) is accepted
-too; Envoy leaves query strings out of its access log. The token is verified like any gRPC
-call's. A
-missing, invalid or expired token closes the socket with code 4401 and a reason; so does an ask
-sent after the token expired (reconnect with a fresh token). If the signing keys cannot be
-fetched the socket closes with 1013 (try again later).
+The kit's WebSocket bridge (services.kit.websocket) serves it: authentication (the token in
+the Authorization header, or offered as the subprotocol `access_token.<token>` beside
+`kp.chat.v1`: `new WebSocket(url, ["kp.chat.v1", "access_token." + token])`; 4401 when it is
+missing, invalid or expired, 1013 when keys cannot be fetched), keepalive, frame limits and a
+bounded send queue (a client that falls behind is closed with 1008). An ask sent after the
+token expired also closes the socket with 4401 (reconnect with a fresh token).
 
 Protocol: every message is one JSON object in a text frame.
 
@@ -47,53 +43,31 @@ the request's trace headers (Envoy's span when it came through Envoy).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any, Protocol, TypeAlias
-from urllib.parse import parse_qs, urlsplit
 
 import grpc
-from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed, NegotiationError
-from websockets.http11 import Request, Response
-from websockets.typing import Subprotocol
 
 from services.chat.domain import AnswerComplete, AnswerDelta, AskUpdate, Citation
-from services.kit.auth import Principal, TokenVerifier, bearer_token, set_principal
-from services.kit.errors import DomainError, InvalidArgument, RateLimited, Unauthenticated, Unavailable, status_for
-from services.kit.server import SERVER_ERROR_CODES, set_deadline_in
+from services.kit.auth import Principal, set_principal
+from services.kit.errors import DomainError, InvalidArgument, RateLimited, status_for
+from services.kit.server import set_deadline_in
 from services.kit.telemetry import current_trace_id
 from services.kit.text import is_unicode, json_object
+from services.kit.websocket import CLOSE_UNAUTHENTICATED, Socket, message_span, record_outcome, trace_carrier
 
 log = logging.getLogger("services.chat.websocket")
-_tracer = trace.get_tracer("services.chat.websocket")
 
 WS_PATH = "/v1/chat/ws"
-TOKEN_QUERY_PARAMETER = "access_token"
 CHAT_SUBPROTOCOL = "kp.chat.v1"
-TOKEN_SUBPROTOCOL_PREFIX = "access_token."  # the rest of the offered subprotocol is the token
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_TRY_AGAIN_LATER = 1013
-CLOSE_REASON_MAX_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
 MAX_ASKS_IN_FLIGHT = 8
 REQUEST_ID_MAX = 100
-# A question is at most 2000 characters: 64 KiB holds any valid ask with room to spare.
-MAX_MESSAGE_BYTES = 64 * 1024
 # Calls made for one ask (knowledge, vector) share this budget, as a gRPC caller's deadline would.
 ASK_DEADLINE_S = 60.0
-CLOSE_TIMEOUT_S = 2.0
-MISSING_WS_TOKEN = (
-    "this socket needs an access token: send 'Authorization: Bearer <token>', or offer the subprotocols "
-    f"'{CHAT_SUBPROTOCOL}' and '{TOKEN_SUBPROTOCOL_PREFIX}<token>'"
-)
 
 
 # ------------------------------------------------------------ protocol
@@ -221,49 +195,6 @@ def cancelled_event(request_id: str) -> Event:
     return {"type": "error", "request_id": request_id, "code": "CANCELLED", "message": "the ask was cancelled"}
 
 
-def token_of(request: Request | None) -> str | None:
-    """The access token of an upgrade request: the Authorization header, else an offered
-    `access_token.` subprotocol, else the query."""
-    if request is None:
-        return None
-    token = bearer_token(request.headers.raw_items())
-    if token is not None:
-        return token
-    for offered in offered_subprotocols(request):
-        if offered.startswith(TOKEN_SUBPROTOCOL_PREFIX) and len(offered) > len(TOKEN_SUBPROTOCOL_PREFIX):
-            return offered.removeprefix(TOKEN_SUBPROTOCOL_PREFIX)
-    values = parse_qs(urlsplit(request.path).query).get(TOKEN_QUERY_PARAMETER, [])
-    if not values or not values[0].strip():
-        return None
-    return values[0].strip()
-
-
-def offered_subprotocols(request: Request) -> list[str]:
-    return [item.strip() for value in request.headers.get_all("Sec-WebSocket-Protocol") for item in value.split(",")]
-
-
-def select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-    """The chat protocol when the client offers it; never the token entry (it would be echoed
-    back); none for a client that offers none (it sent its token in a header)."""
-    if CHAT_SUBPROTOCOL in offered:
-        return Subprotocol(CHAT_SUBPROTOCOL)
-    if offered:
-        raise NegotiationError(f"offer the '{CHAT_SUBPROTOCOL}' subprotocol beside '{TOKEN_SUBPROTOCOL_PREFIX}<token>'")
-    return None
-
-
-def close_reason(text: str) -> str:
-    """The text cut to fit a close frame (whole characters only)."""
-    encoded = text.encode()
-    if len(encoded) <= CLOSE_REASON_MAX_BYTES:
-        return text
-    return encoded[: CLOSE_REASON_MAX_BYTES - 3].decode(errors="ignore") + "..."
-
-
-def trace_carrier(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-    return {key.lower(): value for key, value in pairs if value and key.lower() in ("traceparent", "tracestate")}
-
-
 # ------------------------------------------------------------ endpoint
 
 
@@ -276,8 +207,8 @@ class Asker(Protocol):
 class ChatSocket:
     """One client's socket: who it is, and its asks in progress."""
 
-    def __init__(self, connection: ServerConnection, principal: Principal, asker: Asker, leeway_s: int) -> None:
-        self.connection = connection
+    def __init__(self, socket: Socket, principal: Principal, asker: Asker, leeway_s: int) -> None:
+        self.socket = socket
         self.principal = principal
         self.asker = asker
         self.leeway_s = leeway_s
@@ -286,10 +217,8 @@ class ChatSocket:
     async def serve(self) -> None:
         """Handle messages until the client or the server closes the socket."""
         try:
-            async for raw in self.connection:
+            async for raw in self.socket.frames():
                 await self.receive(raw)
-        except ConnectionClosed:
-            pass  # a client that goes away is not an error of ours
         finally:
             await self.cancel_all()
 
@@ -297,25 +226,25 @@ class ChatSocket:
         try:
             command = parse_command(raw)
         except ProtocolError as error:
-            with message_span("invalid") as span:
+            with message_span(WS_PATH, "invalid") as span:
                 record_outcome(span, error.error.code)
-                await self.send(error_event(error.request_id, error.error))
+                self.socket.send(error_event(error.request_id, error.error))
             return
         if isinstance(command, CancelCommand):
-            with message_span("cancel", command.request_id) as span:
+            with message_span(WS_PATH, "cancel", attributes={"chat.request_id": command.request_id}) as span:
                 task = self.asks.get(command.request_id)
                 if task is not None:
                     task.cancel()
                 record_outcome(span, grpc.StatusCode.OK)
             return
         if time.time() >= self.principal.expires_at + self.leeway_s:
-            await self.connection.close(CLOSE_UNAUTHENTICATED, "access token expired; reconnect with a fresh token")
+            await self.socket.close(CLOSE_UNAUTHENTICATED, "access token expired; reconnect with a fresh token")
             return
         refusal = self.refusal_of(command)
         if refusal is not None:
-            with message_span("ask", command.request_id, command.trace_carrier) as span:
+            with message_span(WS_PATH, "ask", command.trace_carrier, {"chat.request_id": command.request_id}) as span:
                 record_outcome(span, refusal.code)
-                await self.send(error_event(command.request_id, refusal))
+                self.socket.send(error_event(command.request_id, refusal))
             return
         self.asks[command.request_id] = asyncio.create_task(self.run_ask(command), name=f"ws ask {command.request_id}")
 
@@ -337,17 +266,17 @@ class ChatSocket:
         # The task has its own copy of the context: these settings end with it.
         set_principal(self.principal)
         set_deadline_in(ASK_DEADLINE_S)
-        with message_span("ask", command.request_id, command.trace_carrier) as span:
+        with message_span(WS_PATH, "ask", command.trace_carrier, {"chat.request_id": command.request_id}) as span:
             citations = 0
             try:
                 async for update in self.asker.ask(self.principal.user_id, command.conversation_id, command.question):
                     if isinstance(update, Citation):
                         citations += 1
-                    await self.send(update_event(command.request_id, update, citations))
+                    self.socket.send(update_event(command.request_id, update, citations))
                 record_outcome(span, grpc.StatusCode.OK)
             except asyncio.CancelledError:
                 record_outcome(span, grpc.StatusCode.CANCELLED)
-                await self.send(cancelled_event(command.request_id))
+                self.socket.send(cancelled_event(command.request_id))
                 raise
             except Exception as error:
                 reply = status_for(error, current_trace_id())
@@ -355,16 +284,11 @@ class ChatSocket:
                     log.error("ask failed (trace %s)", current_trace_id(), exc_info=error)
                     span.record_exception(error)
                 record_outcome(span, reply.code, reply.message)
-                await self.send(error_event(command.request_id, error, current_trace_id()))
+                self.socket.send(error_event(command.request_id, error, current_trace_id()))
             finally:
                 # Right after the last reply, with no await in between: a client that reuses
                 # the request_id as soon as it sees `complete` is not refused.
                 self.asks.pop(command.request_id, None)
-
-    async def send(self, event: Event) -> None:
-        # A socket closing under a reply loses only that reply; its asks are cancelled anyway.
-        with contextlib.suppress(ConnectionClosed):
-            await self.connection.send(json.dumps(event, ensure_ascii=False))
 
     async def cancel_all(self) -> None:
         tasks = list(self.asks.values())
@@ -373,91 +297,15 @@ class ChatSocket:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-@contextlib.contextmanager
-def message_span(kind: str, request_id: str = "", carrier: Mapping[str, str] | None = None) -> Iterator[trace.Span]:
-    """The SERVER span of one client message, current while it is handled; a child of the
-    trace context in `carrier`, when there is one."""
-    span = _tracer.start_span(f"WS {WS_PATH} {kind}", context=propagate.extract(carrier or {}), kind=SpanKind.SERVER)
-    if span.is_recording():
-        span.set_attributes({"network.protocol.name": "websocket", "url.path": WS_PATH, "websocket.message.type": kind})
-        if request_id:
-            span.set_attribute("chat.request_id", request_id)
-    token = otel_context.attach(trace.set_span_in_context(span))
-    try:
-        yield span
-    finally:
-        otel_context.detach(token)
-        span.end()
+class ChatProtocol:
+    """The chat protocol, as the kit's WebSocket bridge serves it."""
 
+    path = WS_PATH
+    subprotocol = CHAT_SUBPROTOCOL
 
-def record_outcome(span: trace.Span, code: grpc.StatusCode, message: str = "") -> None:
-    """The outcome as on a gRPC SERVER span: an error only when the service failed."""
-    if not span.is_recording():
-        return
-    span.set_attribute("rpc.grpc.status_code", code.value[0])
-    if code in SERVER_ERROR_CODES:
-        span.set_status(Status(StatusCode.ERROR, message or code.name))
-
-
-class ChatWebSocketEndpoint:
-    """Accepts sockets on WS_PATH, authenticates them, and serves each as a ChatSocket."""
-
-    def __init__(self, asker: Asker, verifier: TokenVerifier) -> None:
+    def __init__(self, asker: Asker, leeway_s: int) -> None:
         self.asker = asker
-        self.verifier = verifier
+        self.leeway_s = leeway_s
 
-    def check_path(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Only WS_PATH upgrades; anything else is 404 before the handshake."""
-        if urlsplit(request.path).path != WS_PATH:
-            return connection.respond(HTTPStatus.NOT_FOUND, f"the chat WebSocket is at {WS_PATH}\n")
-        return None
-
-    async def handle(self, connection: ServerConnection) -> None:
-        principal = await self.authenticate(connection)
-        if principal is not None:
-            await ChatSocket(connection, principal, self.asker, self.verifier.leeway_s).serve()
-
-    async def authenticate(self, connection: ServerConnection) -> Principal | None:
-        """The socket's user, or None once the socket is closed with the reason."""
-        request = connection.request
-        headers = list(request.headers.raw_items()) if request is not None else []
-        span = _tracer.start_span(
-            f"WS {WS_PATH} connect", context=propagate.extract(trace_carrier(headers)), kind=SpanKind.SERVER
-        )
-        if span.is_recording():
-            span.set_attributes({"network.protocol.name": "websocket", "url.path": WS_PATH})
-        try:
-            token = token_of(request)
-            if token is None:
-                raise Unauthenticated(MISSING_WS_TOKEN)
-            principal = await self.verifier.verify(token)
-        except Unauthenticated as error:
-            record_outcome(span, error.code)
-            await connection.close(CLOSE_UNAUTHENTICATED, close_reason(error.message))
-            return None
-        except Unavailable as error:
-            record_outcome(span, error.code, error.message)
-            await connection.close(CLOSE_TRY_AGAIN_LATER, close_reason(error.message))
-            return None
-        finally:
-            span.end()
-        return principal
-
-
-async def open_server(endpoint: ChatWebSocketEndpoint, host: str, port: int) -> Server:
-    """The endpoint's server, bound (a taken port fails here, at start-up) but not yet
-    accepting: `serve_forever` starts accepting and, when cancelled, closes every socket."""
-    try:
-        return await serve(
-            endpoint.handle,
-            host,
-            port,
-            process_request=endpoint.check_path,
-            select_subprotocol=select_subprotocol,
-            max_size=MAX_MESSAGE_BYTES,
-            # A client that does not answer our close frame must not hold up shutdown.
-            close_timeout=CLOSE_TIMEOUT_S,
-            start_serving=False,
-        )
-    except OSError as error:
-        raise OSError(f"chat WebSocket: cannot listen on {host}:{port} (port in use?): {error}") from error
+    async def session(self, socket: Socket, principal: Principal) -> None:
+        await ChatSocket(socket, principal, self.asker, self.leeway_s).serve()

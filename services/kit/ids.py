@@ -4,6 +4,7 @@ convention), read the same way by every service."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from services.kit.errors import InvalidArgument
 
@@ -21,3 +22,17 @@ def parse_id(raw: str, field: str) -> str:
         shown = raw if len(raw) <= 40 else raw[:40] + "…"
         raise InvalidArgument(field, f"must be a UUID in the 36-character form like {UUID_EXAMPLE}, got {shown!r}")
     return text
+
+
+def parse_ids(raw: Sequence[str], field: str, maximum: int) -> tuple[str, ...]:
+    """0–`maximum` distinct UUIDs (each read as `parse_id` reads one), in the order given; an
+    error names the element at fault, e.g. `space_ids[2]`."""
+    if len(raw) > maximum:
+        raise InvalidArgument(field, f"must hold at most {maximum} ids, got {len(raw)}")
+    parsed: list[str] = []
+    for index, value in enumerate(raw):
+        identifier = parse_id(value, f"{field}[{index}]")
+        if identifier in parsed:
+            raise InvalidArgument(f"{field}[{index}]", f"repeats {identifier}; the ids must be distinct")
+        parsed.append(identifier)
+    return tuple(parsed)

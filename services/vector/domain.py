@@ -7,7 +7,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from services.kit.errors import InvalidArgument, PermissionDenied
-from services.kit.ids import parse_id
+from services.kit.ids import parse_ids
+from services.kit.text import trimmed_text
 
 QUERY_LENGTH = (1, 1000)
 TOP_K_RANGE = (1, 50)
@@ -23,21 +24,13 @@ class SearchQuery:
 
 
 def search_query(text: str, top_k: int, space_ids: Sequence[str]) -> SearchQuery:
-    query = text.strip()
-    low, high = QUERY_LENGTH
-    if not low <= len(query) <= high:
-        raise InvalidArgument("query", f"must be {low}–{high} characters after trimming, got {len(query)}")
+    query = trimmed_text(text, "query", *QUERY_LENGTH)
     wanted = top_k or DEFAULT_TOP_K
     if not TOP_K_RANGE[0] <= wanted <= TOP_K_RANGE[1]:
         raise InvalidArgument(
             "top_k", f"must be {TOP_K_RANGE[0]}–{TOP_K_RANGE[1]} (0 means {DEFAULT_TOP_K}), got {top_k}"
         )
-    if len(space_ids) > MAX_SPACE_FILTER:
-        raise InvalidArgument("space_ids", f"at most {MAX_SPACE_FILTER} spaces, got {len(space_ids)}")
-    parsed = [parse_id(raw, f"space_ids[{index}]") for index, raw in enumerate(space_ids)]
-    if len(set(parsed)) != len(parsed):
-        raise InvalidArgument("space_ids", "must not repeat a space")
-    return SearchQuery(query, wanted, tuple(parsed))
+    return SearchQuery(query, wanted, parse_ids(space_ids, "space_ids", MAX_SPACE_FILTER))
 
 
 def searchable_spaces(requested: Sequence[str], readable: Iterable[str]) -> list[str]:

@@ -138,6 +138,6 @@ class ChatService(ServiceComponent):
 
     name = "chat"
     default_ports = {"grpc": 15054, "ws": 15064}
-    depends_on = ("postgres", "kafka", "otlp", "auth", "knowledge", "vector")
+    depends_on = ("postgres", "redis", "kafka", "otlp", "auth", "knowledge", "vector")
     grpc_services = ("chat.v1.ChatService",)
     websocket_path = "/v1/chat/ws"

@@ -27,24 +27,26 @@ from fixtures.tokens import TestIssuer
 from services.chat.domain import AnswerComplete, AnswerDelta, AnswerKind, AskUpdate, Citation
 from services.chat.websocket import (
     CHAT_SUBPROTOCOL,
-    CLOSE_REASON_MAX_BYTES,
-    CLOSE_UNAUTHENTICATED,
     MAX_ASKS_IN_FLIGHT,
     WS_PATH,
     AskCommand,
     CancelCommand,
-    ChatWebSocketEndpoint,
+    ChatProtocol,
     ProtocolError,
-    close_reason,
     error_event,
-    open_server,
     parse_command,
-    token_of,
     update_event,
 )
 from services.kit.auth import optional_principal
 from services.kit.errors import InvalidArgument, NotFound, Unauthenticated
 from services.kit.server import remaining_time
+from services.kit.websocket import (
+    CLOSE_REASON_MAX_BYTES,
+    CLOSE_UNAUTHENTICATED,
+    WebSocketBridge,
+    close_reason,
+    token_of,
+)
 
 CONVERSATION = "0c0c0c0c-0000-4000-8000-000000000001"
 CITATION = Citation(
@@ -251,7 +253,7 @@ def exporter() -> Iterator[InMemorySpanExporter]:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("services.chat.websocket._tracer", provider.get_tracer("services.chat.websocket"))
+        patch.setattr("services.kit.websocket._tracer", provider.get_tracer("services.kit.websocket"))
         yield spans
     provider.shutdown()
 
@@ -259,7 +261,8 @@ def exporter() -> Iterator[InMemorySpanExporter]:
 @pytest.fixture
 async def running(issuer: TestIssuer, exporter: InMemorySpanExporter) -> AsyncIterator[Running]:
     fake = FakeAsk()
-    server = await open_server(ChatWebSocketEndpoint(fake, issuer.verifier()), "127.0.0.1", 0)
+    verifier = issuer.verifier()
+    server = await WebSocketBridge(ChatProtocol(fake, verifier.leeway_s), verifier).open_server("127.0.0.1", 0)
     await server.start_serving()
     serving = asyncio.create_task(server.serve_forever())
     port = server.sockets[0].getsockname()[1]

@@ -25,7 +25,7 @@ def test_a_search_is_trimmed_and_defaults_to_ten_hits() -> None:
         ("ok", 51, [], "top_k"),
         ("ok", -1, [], "top_k"),
         ("ok", 5, ["not-a-uuid"], "space_ids[0]"),
-        ("ok", 5, [A, A], "space_ids"),
+        ("ok", 5, [A, A], "space_ids[1]"),
         ("ok", 5, [str(uuid.uuid4()) for _ in range(101)], "space_ids"),
     ],
 )
