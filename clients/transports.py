@@ -41,7 +41,7 @@ import math
 import pkgutil
 import struct
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, runtime_checkable
 
@@ -259,7 +259,7 @@ def grpc_timeout(seconds: float) -> str:
 def _checked(method: MethodRef | str, request: Message, streaming: bool) -> MethodRef:
     ref = MethodRef.of(method)
     if ref.client_streaming:
-        raise ValueError(f"{ref}: client and bidirectional streams are not supported by these transports")
+        raise ValueError(f"{ref} streams its requests: call NativeGrpc.bidi_stream() (gRPC-Web and JSON cannot)")
     if ref.server_streaming != streaming:
         use = "server_stream" if ref.server_streaming else "unary"
         raise ValueError(f"{ref} is {'server-streaming' if ref.server_streaming else 'unary'}: call {use}()")
@@ -375,6 +375,43 @@ class NativeGrpc:
             ref.path, request_serializer=_serialize, response_deserializer=ref.response_class.FromString
         )
         call = stub(request, metadata=tuple(call_headers(token, (*self.metadata, *metadata))), timeout=timeout)
+        return await self._collect(ref, call, limit)
+
+    async def bidi_stream(
+        self,
+        method: MethodRef | str,
+        requests: Sequence[Message],
+        *,
+        token: str | None = None,
+        metadata: Metadata = (),
+        timeout: float = 10,  # noqa: ASYNC109  (the call's deadline, sent to the server)
+        limit: int | None = None,
+        pause_s: float = 0.0,
+    ) -> StreamReply:
+        """A call that streams both ways (e.g. canvas's Collaborate): `requests` are sent in
+        order, `pause_s` apart, then the client half-closes; the responses are collected until
+        the server ends the call (or `limit` of them arrived, and the call is cancelled)."""
+        ref = MethodRef.of(method)
+        if not (ref.client_streaming and ref.server_streaming):
+            raise ValueError(f"{ref} does not stream both ways: call unary() or server_stream()")
+        for request in requests:
+            if request.DESCRIPTOR.full_name != ref.descriptor.input_type.full_name:
+                raise TypeError(
+                    f"{ref} takes {ref.descriptor.input_type.full_name}, not {request.DESCRIPTOR.full_name}"
+                )
+        stub = self.channel.stream_stream(
+            ref.path, request_serializer=_serialize, response_deserializer=ref.response_class.FromString
+        )
+
+        async def sent() -> AsyncIterator[Message]:
+            for request in requests:
+                yield request
+                await asyncio.sleep(pause_s)
+
+        call = stub(sent(), metadata=tuple(call_headers(token, (*self.metadata, *metadata))), timeout=timeout)
+        return await self._collect(ref, call, limit)
+
+    async def _collect(self, ref: MethodRef, call: Any, limit: int | None) -> StreamReply:
         messages: list[Message] = []
         try:
             async for message in call:

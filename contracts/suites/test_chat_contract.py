@@ -12,14 +12,13 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import grpc
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from clients.transports import MethodRef, Reply, StreamReply, Transport
+from clients.websocket import JsonSocket, TokenCarrier, open_socket
 from contracts.expect import (
     assert_canonical_id,
     assert_recent,
@@ -64,6 +63,7 @@ FOUND_NOTHING = "I found nothing about that in your spaces"
 QUOTE = re.compile(r"^> (?P<sentence>.+) \[(?P<number>\d+)\]$")
 REFERENCE = re.compile(r"\[(\d+)\]")
 WS_PATH = "/v1/chat/ws"
+CHAT_SUBPROTOCOL = "kp.chat.v1"
 UNRELATED_QUESTION = "What is the recipe for banana bread?"
 
 
@@ -845,34 +845,19 @@ async def test_list_messages_of_another_user_s_conversation_looks_like_a_missing
 # ---------------------------------------------------------- the WebSocket
 
 
-def edge_socket_url(stack: StackEndpoints, token: str | None = None) -> str:
-    """The chat WebSocket through Envoy, with the token in the query if given."""
-    base = stack.envoy_http.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + WS_PATH
-    return f"{base}?access_token={quote(token, safe='')}" if token is not None else base
-
-
-def direct_socket_url(stack: StackEndpoints) -> str:
+def direct_socket_base(stack: StackEndpoints) -> str:
     """The chat service's own WebSocket port, bypassing Envoy."""
-    return f"ws://{stack.of('chat')['ws']}{WS_PATH}"
+    return f"http://{stack.of('chat')['ws']}"
 
 
-async def receive(socket: ClientConnection) -> dict[str, Any]:
-    raw = await socket.recv(decode=True)
-    assert isinstance(raw, str)
-    event: dict[str, Any] = json.loads(raw)
-    return event
-
-
-async def ws_ask(
-    socket: ClientConnection, request_id: str, conversation_id: str, question: str
-) -> list[dict[str, Any]]:
+async def ws_ask(socket: JsonSocket, request_id: str, conversation_id: str, question: str) -> list[dict[str, Any]]:
     """Everything the socket sends back for one ask, up to its `complete` or `error`."""
     await socket.send(
-        json.dumps({"type": "ask", "request_id": request_id, "conversation_id": conversation_id, "question": question})
+        {"type": "ask", "request_id": request_id, "conversation_id": conversation_id, "question": question}
     )
     events: list[dict[str, Any]] = []
     while True:
-        event = await receive(socket)
+        event = await socket.receive()
         assert event["request_id"] == request_id, event
         events.append(event)
         if event["type"] in ("complete", "error"):
@@ -908,40 +893,34 @@ async def test_ask_over_the_websocket_through_envoy_streams_the_answer(
     space, [guide, _] = await space_with_documents(setup_transport, user, [PASSWORD_RESET, REVENUE_REPORT])
     conversation = await create_conversation(setup_transport, user, [space.space_id])
 
-    async with connect(edge_socket_url(stack, user.access_token)) as socket:
-        by_query = assert_ws_answer(
-            await ws_ask(socket, "q1", conversation.conversation_id, "How do I reset my password?"), guide
-        )
-    headers = {"Authorization": f"Bearer {user.access_token}"}
-    async with connect(edge_socket_url(stack), additional_headers=headers) as socket:
-        by_header = assert_ws_answer(
-            await ws_ask(socket, "h1", conversation.conversation_id, "When does the reset link expire?"), guide
-        )
+    answers = []
+    for carried_in in ("subprotocol", "header", "query"):
+        async with open_socket(
+            stack.envoy_http, WS_PATH, user.access_token, CHAT_SUBPROTOCOL, carried_in=carried_in
+        ) as socket:
+            events = await ws_ask(socket, carried_in, conversation.conversation_id, "How do I reset my password?")
+            answers.append(assert_ws_answer(events, guide))
 
     stored = await all_messages(setup_transport, user, conversation.conversation_id)
     assert [message.message_id for message in stored] == [
-        by_query["question_message_id"],
-        by_query["message_id"],
-        by_header["question_message_id"],
-        by_header["message_id"],
-    ], "the same use case as gRPC Ask: both messages stored"
-    assert stored[1].text == by_query["text"]
-    assert stored[3].text == by_header["text"]
+        message_id for answer in answers for message_id in (answer["question_message_id"], answer["message_id"])
+    ], "the same use case as gRPC Ask: both messages of each ask stored"
+    assert [message.text for message in stored[1::2]] == [answer["text"] for answer in answers]
 
 
 async def test_the_websocket_refuses_a_missing_or_bad_token(stack: StackEndpoints) -> None:
     """Envoy refuses the upgrade itself (HTTP 401) before the chat service sees it; the chat
     service, reached directly, accepts the upgrade and closes the socket with 4401."""
     for token in (*BAD_TOKENS, forged_token()):
+        carried_in: TokenCarrier = "query"  # a forged or empty token is no valid subprotocol token
         with pytest.raises(InvalidStatus) as refused:
-            async with connect(edge_socket_url(stack, token)):
+            async with open_socket(stack.envoy_http, WS_PATH, token, CHAT_SUBPROTOCOL, carried_in):
                 pass
         assert refused.value.response.status_code == 401, token
 
-        url = direct_socket_url(stack) + (f"?access_token={quote(token, safe='')}" if token else "")
-        async with connect(url) as socket:
+        async with open_socket(direct_socket_base(stack), WS_PATH, token, CHAT_SUBPROTOCOL, carried_in) as socket:
             with pytest.raises(ConnectionClosedError) as closed:
-                await socket.recv()
+                await socket.receive()
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 4401, closed.value.rcvd
         assert closed.value.rcvd.reason, "the close says why"
@@ -955,7 +934,7 @@ async def test_the_websocket_answers_a_bad_message_with_an_error_and_stays_usabl
     conversation = await create_conversation(setup_transport, user, [space.space_id])
     theirs = await create_conversation(setup_transport, other)
 
-    async with connect(edge_socket_url(stack, user.access_token)) as socket:
+    async with open_socket(stack.envoy_http, WS_PATH, user.access_token, CHAT_SUBPROTOCOL) as socket:
         for raw, request_id, field in (
             ("this is not JSON", None, "message"),
             ("[1, 2]", None, "message"),
@@ -964,7 +943,7 @@ async def test_the_websocket_answers_a_bad_message_with_an_error_and_stays_usabl
             (json.dumps({"type": "ask", "request_id": "r1", "question": 42}), "r1", "question"),
         ):
             await socket.send(raw)
-            error = await receive(socket)
+            error = await socket.receive()
             assert (error["type"], error["code"], error["request_id"], error["field"]) == (
                 "error",
                 "INVALID_ARGUMENT",
@@ -973,7 +952,7 @@ async def test_the_websocket_answers_a_bad_message_with_an_error_and_stays_usabl
             ), error
             assert error["message"]
         await socket.send(b"\x00binary")
-        assert (await receive(socket))["field"] == "message"
+        assert (await socket.receive())["field"] == "message"
 
         [invalid] = await ws_ask(socket, "r2", "not-a-uuid", "How do I reset my password?")
         assert (invalid["type"], invalid["code"], invalid["field"]) == ("error", "INVALID_ARGUMENT", "conversation_id")

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from clients.transports import ALL_TRANSPORTS, Transport, transport_for
+from clients.websocket import TokenCarrier, open_socket
 from fixtures.documents import eventually
 from fixtures.events import EventLog
 from observability.clickhouse import connect
@@ -33,6 +33,7 @@ from services.kit.events import EventEnvelope, topic_for
 from simulations.endpoints import StackEndpoints
 
 A = "auth.v1.AuthService"
+CARRIERS: tuple[TokenCarrier, ...] = ("header", "subprotocol", "query")
 CHUNK = 16 * 1024 * 1024
 
 
@@ -83,24 +84,13 @@ async def drive_transport(transport: Transport, traces: TraceCapture, drive: Dri
     return action.trace_id
 
 
-async def open_socket(stack: StackEndpoints, traces: TraceCapture, token: str, carried_in: str) -> Action:
+async def use_socket(stack: StackEndpoints, traces: TraceCapture, token: str, carried_in: TokenCarrier) -> Action:
     """Open the chat WebSocket through Envoy, its token carried one way, and close it."""
-    url = f"{stack.envoy_http}/v1/chat/ws"
-    async with traces.action(f"websocket, token in the {carried_in}") as action:
-        headers = action.headers()
-        protocols: tuple[str, ...] = ()
-        if carried_in == "header":
-            headers["authorization"] = f"Bearer {token}"
-        elif carried_in == "subprotocol":
-            protocols = ("kp.chat.v1", f"access_token.{token}")
-        else:
-            url += f"?access_token={token}"
-        async with (
-            aiohttp.ClientSession() as session,
-            session.ws_connect(url, headers=headers, protocols=protocols) as ws,
-        ):
-            await ws.send_json({"type": "cancel", "request_id": "nothing"})
-            await ws.close()
+    async with (
+        traces.action(f"websocket, token in the {carried_in}") as action,
+        open_socket(stack.envoy_http, "/v1/chat/ws", token, "kp.chat.v1", carried_in, action.headers()) as socket,
+    ):
+        await socket.send({"type": "cancel", "request_id": "nothing"})
     return action
 
 
@@ -121,8 +111,8 @@ async def driven(stack: StackEndpoints, traces: TraceCapture) -> Drive:
             finally:
                 await transport.aclose()
         token = drive.secrets["json rotated access token"]
-        for carried_in in ("header", "subprotocol", "query string"):
-            action = await open_socket(stack, traces, token, carried_in)
+        for carried_in in CARRIERS:
+            action = await use_socket(stack, traces, token, carried_in)
             drive.traces[f"websocket ({carried_in})"] = action.trace_id
         for user_id in drive.users:
             drive.events += await events.wait_for(about(user_id))
@@ -134,9 +124,7 @@ async def driven(stack: StackEndpoints, traces: TraceCapture) -> Drive:
 # ------------------------------------------------------------ positive controls
 
 
-@pytest.mark.parametrize(
-    "action", [*ALL_TRANSPORTS, "websocket (header)", "websocket (subprotocol)", "websocket (query string)"]
-)
+@pytest.mark.parametrize("action", [*ALL_TRANSPORTS, *(f"websocket ({carrier})" for carrier in CARRIERS)])
 async def test_each_action_left_spans_of_envoy_and_the_service(
     driven: Drive, traces: TraceCapture, action: str
 ) -> None:
@@ -150,7 +138,7 @@ def access_log_lines(run_dir_root: Path) -> list[str]:
     return (run_dir_root / "logs" / "envoy.log").read_text(errors="replace").splitlines()
 
 
-@pytest.mark.parametrize("action", [*ALL_TRANSPORTS, "websocket (query string)"])
+@pytest.mark.parametrize("action", [*ALL_TRANSPORTS, "websocket (query)"])
 async def test_the_access_log_has_a_line_for_each_action(driven: Drive, run_dir_root: Path, action: str) -> None:
     trace_id = driven.traces[action]
 

@@ -58,6 +58,7 @@ from clients.transports import (
 )
 from services.api.activity.v1 import activity_pb2
 from services.api.auth.v1 import auth_pb2, auth_pb2_grpc
+from services.api.canvas.v1 import canvas_pb2, canvas_pb2_grpc
 from services.api.chat.v1 import chat_pb2, chat_pb2_grpc
 from services.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from services.api.vector.v1 import vector_pb2
@@ -451,13 +452,27 @@ class Knowledge(knowledge_pb2_grpc.KnowledgeServiceServicer):
         return knowledge_pb2.GetDocumentResponse(document=document)
 
 
-SERVICES = ["auth.v1.AuthService", "chat.v1.ChatService", "knowledge.v1.KnowledgeService"]
+class Canvas(canvas_pb2_grpc.CanvasServiceServicer):
+    async def Collaborate(
+        self, requests: AsyncIterator[canvas_pb2.CollaborateRequest], context: Any
+    ) -> AsyncIterator[canvas_pb2.CollaborateResponse]:
+        """Answers each join with a snapshot of that space; a bad join ends the call."""
+        async for request in requests:
+            if request.join.space_id == "bad":
+                raise InvalidArgument("join.space_id", "must be a UUID")
+            yield canvas_pb2.CollaborateResponse(
+                snapshot=canvas_pb2.CollaborateResponse.Snapshot(space_id=request.join.space_id)
+            )
+
+
+SERVICES = ["auth.v1.AuthService", "chat.v1.ChatService", "knowledge.v1.KnowledgeService", "canvas.v1.CanvasService"]
 
 
 def register(server: grpc.aio.Server) -> None:
     auth_pb2_grpc.add_AuthServiceServicer_to_server(Auth(), server)  # type: ignore[abstract]
     chat_pb2_grpc.add_ChatServiceServicer_to_server(Chat(), server)  # type: ignore[abstract]
     knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server(Knowledge(), server)  # type: ignore[abstract]
+    canvas_pb2_grpc.add_CanvasServiceServicer_to_server(Canvas(), server)  # type: ignore[abstract]
 
 
 @pytest.fixture(scope="module")
@@ -510,6 +525,28 @@ async def test_native_grpc_streams_messages_then_the_final_status(direct: Native
         ASK, chat_pb2.AskRequest(conversation_id=CONVERSATION, question="forever"), limit=2
     )
     assert (cut.code, cut.truncated, len(cut.messages)) == (grpc.StatusCode.OK, True, 2)
+
+
+COLLABORATE = MethodRef.of("canvas.v1.CanvasService/Collaborate")
+
+
+def join(space_id: str) -> canvas_pb2.CollaborateRequest:
+    return canvas_pb2.CollaborateRequest(join=canvas_pb2.CollaborateRequest.Join(space_id=space_id))
+
+
+async def test_native_grpc_streams_both_ways(direct: NativeGrpc) -> None:
+    reply = await direct.bidi_stream(COLLABORATE, [join("a"), join("b")])
+    assert reply.ok
+    assert [m.snapshot.space_id for m in reply.messages if isinstance(m, canvas_pb2.CollaborateResponse)] == ["a", "b"]
+    failed = await direct.bidi_stream(COLLABORATE, [join("a"), join("bad"), join("c")])
+    assert failed.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(failed.messages) == 1, "what came before the error is kept"
+    limited = await direct.bidi_stream(COLLABORATE, [join("a"), join("b")], limit=1)
+    assert (limited.truncated, len(limited.messages)) == (True, 1)
+    with pytest.raises(ValueError, match="does not stream both ways"):
+        await direct.bidi_stream(GET_JWKS, [auth_pb2.GetJwksRequest()])
+    with pytest.raises(ValueError, match="bidi_stream"):
+        await direct.unary(COLLABORATE, join("a"))
 
 
 async def test_native_grpc_deadline(direct: NativeGrpc) -> None:
