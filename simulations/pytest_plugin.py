@@ -11,6 +11,7 @@ Set KP_TEST_STACK=none to fail fast instead of starting anything.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -42,6 +43,25 @@ def pytest_configure(config: pytest.Config) -> None:
     # Workers inherit the controller's environment, so they all see the controller's run id.
     if not _is_xdist_worker():
         os.environ[RUN_ID_ENV] = uuid.uuid4().hex
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that share a stack of their own carry an `xdist_group` mark so they run one after
+    another on one worker. pytest-xdist says so by suffixing the test's id with `@group`; a
+    pytest that ignores the suffix (9.2, pytest-xdist#1386) spreads them across workers, where
+    their stacks collide on ports. Refuse to run rather than let that happen silently."""
+    if not _is_xdist_worker() or not config.getvalue("loadgroup"):
+        return
+    ungrouped = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if ungrouped:
+        reason = (
+            f"pytest-xdist could not group {ungrouped[0]} (and {len(ungrouped) - 1} more) by its "
+            "xdist_group mark; this pytest and pytest-xdist do not work together, use the pinned versions"
+        )
+        # A worker's exception reaches the controller only as an opaque internal error.
+        print(reason, file=sys.__stderr__, flush=True)
+        raise pytest.UsageError(reason)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
