@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -26,6 +27,7 @@ from textwrap import shorten
 
 import psutil
 
+import simulations
 from simulations.components.base import (
     Component,
     ComponentContext,
@@ -61,6 +63,8 @@ class StartReport:
     """How long each component took from spawn to healthy, in start order."""
 
     ready_after_s: dict[str, float] = field(default_factory=dict)
+    # When each became healthy, counted from the start of the whole stack.
+    healthy_at_s: dict[str, float] = field(default_factory=dict)
     total_s: float = 0.0
 
 
@@ -95,6 +99,7 @@ class Launcher:
             raise
         report.total_s = time.monotonic() - began
         report.ready_after_s = {name: r.ready_after_s for name, r in self.running.items()}
+        report.healthy_at_s = {name: r.started_at + r.ready_after_s - began for name, r in self.running.items()}
         return report
 
     async def _start_wave(self, wave: list[type[Component]]) -> None:
@@ -217,6 +222,12 @@ def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 def spawn(name: str, launch: Launch, log_path: Path, *, die_with_parent: bool) -> subprocess.Popen[bytes]:
     """Start a component process in its own process group, output appended to its log."""
+    if grpc_fork_handlers_on():
+        raise ComponentError(
+            name,
+            "gRPC was loaded in this process with its fork handlers on, so the process may abort before it starts",
+            "import simulations before grpc, or set GRPC_ENABLE_FORK_SUPPORT=false",
+        )
     executable = launch.argv[0]
     if shutil.which(executable) is None and not Path(executable).exists():
         raise ComponentError(name, f"executable not found: {executable}", "run the setup command again")
@@ -246,6 +257,11 @@ def spawn(name: str, launch: Launch, log_path: Path, *, die_with_parent: bool) -
             extra_groups=[] if uid_gid else None,
             preexec_fn=in_child,
         )
+
+
+def grpc_fork_handlers_on() -> bool:
+    """Whether gRPC is loaded here with the fork handlers that simulations/__init__ turns off."""
+    return "grpc._cython.cygrpc" in sys.modules and not simulations.GRPC_FORK_HANDLERS_OFF
 
 
 def set_parent_death_signal(sig: int) -> None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import ClassVar
 
+import grpc
 import psutil
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import simulations.launcher as launcher_module
 from simulations.components.base import Component, ComponentError, Launch, NotReady
@@ -270,3 +274,41 @@ async def test_failure_leaves_no_sibling_still_starting(run_dir: RunDirectory, s
         assert "slow" not in spawned.pids
     finally:
         SlowToPrepare.gate.set()
+
+
+async def test_processes_start_while_grpc_calls_are_in_flight(tmp_path: Path) -> None:
+    """The launcher forks while its readiness probes have gRPC calls open. With gRPC's fork
+    handlers on, about one child in ten aborted before it ran (grpc/grpc#43055)."""
+    stop = asyncio.Event()
+
+    async def probe_until_stopped() -> None:
+        while not stop.is_set():
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as channel:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.05)
+
+    probes = [asyncio.create_task(probe_until_stopped()) for _ in range(4)]
+    exit_codes = []
+    try:
+        for index in range(200):
+            process = launcher_module.spawn(
+                f"child-{index}", Launch(argv=["true"]), tmp_path / "children.log", die_with_parent=True
+            )
+            while process.poll() is None:
+                await asyncio.sleep(0.002)
+            exit_codes.append(process.returncode)
+    finally:
+        stop.set()
+        await asyncio.gather(*probes)
+    assert [code for code in exit_codes if code != 0] == [], (tmp_path / "children.log").read_text()[-500:]
+
+
+@pytest.mark.parametrize(
+    ("imports", "handlers_on"),
+    [("import simulations.launcher, grpc", False), ("import grpc, simulations.launcher", True)],
+)
+def test_grpc_fork_handlers_are_off_only_when_simulations_loads_first(imports: str, handlers_on: bool) -> None:
+    script = f"{imports}\nprint(simulations.launcher.grpc_fork_handlers_on())"
+    environ = {key: value for key, value in os.environ.items() if key != "GRPC_ENABLE_FORK_SUPPORT"}
+    result = subprocess.run([sys.executable, "-c", script], env=environ, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == str(handlers_on)
