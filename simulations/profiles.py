@@ -43,8 +43,9 @@ PROFILES: dict[str, Profile] = {
         Profile("lifecycle-killed", 1200, ("postgres", "redis", "dynamodb")),
         Profile("lifecycle-busy-port", 1300, ("postgres", "redis")),
         Profile("receiver", 1400, ("otlp",)),
-        Profile("vector-restart", 1500, ("vector",), LEXICAL),
+        Profile("vector-restart", 1500, ("auth", "knowledge", "vector"), LEXICAL),
         Profile("bench-search", 1600, ("envoy",), {**LEXICAL, "KP_TRACE_SAMPLE_RATIO": "0.02"}),
+        Profile("quiet-traces", 1800, ("otlp", "auth", "knowledge")),
     )
 }
 

@@ -22,6 +22,7 @@ from services.kit import app
 from services.kit.db import SessionFactory, create_engine, session_factory
 from services.kit.server import ServiceSpec
 from services.kit.settings import ServiceSettings
+from services.kit.telemetry import untraced
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 log = logging.getLogger("services.auth")
@@ -90,7 +91,8 @@ async def build(settings: AuthSettings, resources: AsyncExitStack) -> app.Applic
     async def reload_keys() -> None:
         while True:
             await asyncio.sleep(settings.key_reload_s)
-            await service.refresh_keys()
+            with untraced():  # a poll, not work: no trace every 2 s
+                await service.refresh_keys()
 
     # Auth verifies tokens with the keys it holds: no call to itself.
     verifiers = app.verifiers_for(service, settings, leeway_s=settings.jwt_leeway_s)

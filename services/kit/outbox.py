@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.kit.db import SessionFactory
 from services.kit.events import EventEnvelope, topic_for
 from services.kit.kafka import EventProducer
+from services.kit.telemetry import untraced
 
 log = logging.getLogger("services.kit.outbox")
 
@@ -121,7 +122,9 @@ class OutboxRelay:
         """Relay until cancelled. Kafka or database errors are retried after a pause."""
         while True:
             try:
-                published = await self.publish_pending()
+                # Polls make no spans; each event's publish span joins the trace it was written in.
+                with untraced():
+                    published = await self.publish_pending()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -6,18 +6,22 @@ of every call a service makes.
 - Redis and aiohttp: their OpenTelemetry instrumentations, installed here (aiohttp's spans
   record URLs without their query strings: a WebSocket's token may be in one);
 - Kafka: the kit's producer and consumer, which carry the context in record headers;
+- background loops poll `untraced()`: an idle service makes no traces;
 - DynamoDB (and any AWS API): `trace_aws_client`, on botocore's event hooks, because
   aiobotocore's async clients bypass what the botocore instrumentation patches.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -80,6 +84,15 @@ def _instrument_libraries() -> None:
 
     RedisInstrumentor().instrument()
     AioHttpClientInstrumentor().instrument(url_filter=without_query)
+
+
+@contextmanager
+def untraced() -> Iterator[None]:
+    """For background loops: the library calls a poll makes (SQL, Redis) make no spans, so an
+    idle service makes no traces. Work done for an event or a request still joins that event's
+    or request's trace: the kit starts those spans from the context the work carries."""
+    with suppress_instrumentation():
+        yield
 
 
 def without_query(url: Any) -> str:

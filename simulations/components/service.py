@@ -1,5 +1,9 @@
 """The platform's own services as components: `python -m services.<name>`, health-gated.
 
+A service depends on its stores only, never on another service: it becomes ready without its
+peers (keys, service tokens and peer channels are fetched or opened on first use, and retried),
+so every service starts in one wave once the stores are up.
+
 Each service reads its settings from KP_* variables (services.kit.settings); the launcher sets
 them from the running stores' endpoints and the topology's ports, so a moved stack (a port
 offset, another run directory) needs no configuration.
@@ -16,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.kit.identity import EDGE, credential_for
 from simulations.components.base import Component, Launch, NotReady
+from simulations.components.otlp import OtlpReceiver
 from simulations.topology import resolve_ports
 
 # Every service component, by name, so services can be told where their peers listen.
@@ -30,7 +35,6 @@ STORE_SETTINGS = {
     ("dynamodb", "url"): "KP_DYNAMODB_URL",
     ("clickhouse", "http"): "KP_CLICKHOUSE_URL",
     ("smtp", "smtp"): "KP_SMTP_ADDRESS",
-    ("otlp", "grpc"): "KP_OTLP_ENDPOINT",
 }
 
 
@@ -62,6 +66,9 @@ class ServiceComponent(Component):
             if value:
                 env[variable] = value
         env.update(peer_targets(SERVICES))
+        # The trace receiver starts beside the services, not before them: its address comes from
+        # the topology, like a peer's, and spans wait in the exporter until it answers.
+        env["KP_OTLP_ENDPOINT"] = f"127.0.0.1:{resolve_ports(OtlpReceiver)['grpc']}"
         env["KP_DATA_DIR"] = str(self.ctx.data_dir)  # the service's own folder in the run directory
         env.update(identity_settings(self.name, self.ctx.platform_secret, holds_secret=self.holds_platform_secret))
         return env
@@ -112,7 +119,7 @@ def peer_targets(services: Mapping[str, type[ServiceComponent]]) -> dict[str, st
 class AuthService(ServiceComponent):
     name = "auth"
     default_ports = {"grpc": 15051}
-    depends_on = ("postgres", "redis", "kafka", "otlp")
+    depends_on = ("postgres", "redis", "kafka")
     grpc_services = ("auth.v1.AuthService",)
     holds_platform_secret = True
 
@@ -120,14 +127,14 @@ class AuthService(ServiceComponent):
 class KnowledgeService(ServiceComponent):
     name = "knowledge"
     default_ports = {"grpc": 15052}
-    depends_on = ("postgres", "redis", "kafka", "otlp", "auth")
+    depends_on = ("postgres", "redis", "kafka")
     grpc_services = ("knowledge.v1.KnowledgeService",)
 
 
 class VectorService(ServiceComponent):
     name = "vector"
     default_ports = {"grpc": 15053}
-    depends_on = ("redis", "kafka", "otlp", "auth", "knowledge")
+    depends_on = ("redis", "kafka")
     grpc_services = ("vector.v1.VectorService",)
     start_timeout_s = 120.0  # loads the embedding model
 
@@ -138,6 +145,6 @@ class ChatService(ServiceComponent):
 
     name = "chat"
     default_ports = {"grpc": 15054, "ws": 15064}
-    depends_on = ("postgres", "redis", "kafka", "otlp", "auth", "knowledge", "vector")
+    depends_on = ("postgres", "redis", "kafka")
     grpc_services = ("chat.v1.ChatService",)
     websocket_path = "/v1/chat/ws"
