@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import os
 import random
@@ -41,6 +40,7 @@ import psutil
 from clients.transports import Transport, transport_for
 from fixtures.accounts import sign_up
 from fixtures.knowledge import VIEWER, add_member, create_document, create_space
+from loadtests.cpu import cpu_seconds, machine_idle_and_total_seconds
 from loadtests.echo_server import RUNTIMES
 from observability.clickhouse import connect
 from observability.traces import TraceStore
@@ -84,24 +84,6 @@ class Target:
 # the echo server, and this process, which is the benchmark's client.
 Processes = Callable[[], Mapping[str, Sequence[psutil.Process]]]
 CLIENT = "bench client"
-
-
-def cpu_seconds(groups: Mapping[str, Sequence[psutil.Process]]) -> dict[str, float]:
-    """CPU time so far of each group. The kernel counts it in 10 ms ticks per process, so a short
-    round undercounts a group of many lightly used processes (PostgreSQL's backends)."""
-    spent = dict.fromkeys(groups, 0.0)
-    for name, processes in groups.items():
-        for process in processes:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = process.cpu_times()
-                spent[name] += times.user + times.system
-    return spent
-
-
-def machine_idle_and_total_seconds() -> tuple[float, float]:
-    """CPU time of all cores since boot: idle (waiting counts as idle), and in all."""
-    times = psutil.cpu_times()
-    return times.idle + getattr(times, "iowait", 0.0), sum(times)
 
 
 async def drive(target: Target, processes: Processes, seconds: float, concurrency: int) -> Result:
