@@ -6,6 +6,12 @@ handles; run the handler at most once per event id (`IdempotencyGuard`); retry f
 times, then dead-letter. `PermanentEventError` (a payload the handler can never accept) goes
 to the dead-letter topic at once. Offsets are committed per partition after each batch, so a
 crash re-delivers at most one batch, which the guard turns into no-ops.
+
+Records are handled one at a time, in partition order, unless the consumer is given a
+`concurrency` above 1: then up to that many records of a fetched batch are handled at once. Only
+handlers whose outcome does not depend on the order of events may ask for it (the vector
+index's do: a document's version decides which write stands). Either way the consumer holds at
+most `max_batch` records in memory; a backlog waits in Kafka, durable, not in the process.
 """
 
 from __future__ import annotations
@@ -124,6 +130,7 @@ class EventConsumer:
         producer: EventProducer,
         retry: RetryPolicy | None = None,
         max_batch: int = 100,
+        concurrency: int = 1,
         start_from: Literal["earliest", "latest"] = "earliest",
     ) -> None:
         self.group_id = group_id
@@ -133,6 +140,9 @@ class EventConsumer:
         self.producer = producer
         self.retry = retry or RetryPolicy()
         self.max_batch = max_batch
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.concurrency = concurrency
         self.stats = ConsumerStats()
         self.consumer = AIOKafkaConsumer(
             *self.topics,
@@ -164,10 +174,28 @@ class EventConsumer:
         """Consume until cancelled."""
         while True:
             batches = await self.consumer.getmany(timeout_ms=500, max_records=self.max_batch)
+            if not batches:
+                continue
+            if self.concurrency > 1:
+                await self.handle_concurrently([record for records in batches.values() for record in records])
+                await self.consumer.commit({partition: batch[-1].offset + 1 for partition, batch in batches.items()})
+                continue
             for partition, records in batches.items():
                 for record in records:
                     await self.handle_record(record)
                 await self.consumer.commit({partition: records[-1].offset + 1})
+
+    async def handle_concurrently(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Handle `records`, up to `concurrency` at once; returns when every one is done."""
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def handle(record: ConsumerRecord[bytes, bytes]) -> None:
+            async with slots:
+                await self.handle_record(record)
+
+        async with asyncio.TaskGroup() as group:
+            for record in records:
+                group.create_task(handle(record))
 
     async def handle_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """Process one record to a final outcome: done, duplicate, ignored or dead-lettered."""

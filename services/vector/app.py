@@ -19,7 +19,7 @@ from services.kit.kafka import EventProducer, new_producer
 from services.kit.server import ServiceSpec
 from services.kit.settings import ServiceSettings
 from services.vector import VERSION
-from services.vector.embeddings import Embedder, embedder_from_name
+from services.vector.embeddings import MINILM_MODEL, BatchingEmbedder, embedder_from_name
 from services.vector.index import ChunkIndex, EdgeIndex, QdrantServerIndex
 from services.vector.indexing import Indexer
 from services.vector.server import SERVICE_NAME, VectorServer
@@ -38,6 +38,12 @@ class VectorSettings(ServiceSettings):
     qdrant_url: str = ""
     # "all-MiniLM-L6-v2" (semantic) or "lexical-hash-384" (fast, lexical: tests and load).
     embedding_model: str = "all-MiniLM-L6-v2"
+    # Threads one MiniLM call computes on. One: indexing, a call at a time, keeps to one core and
+    # a search's query embedding runs beside it on the other.
+    embedding_threads: int = 1
+    # Document events indexed at once, and the most chunk texts embedded in one shared batch.
+    index_concurrency: int = 16
+    index_batch_texts: int = 64
     # Backstop expiry of cached access answers (services.kit.access): access epochs make a
     # change effective at once, membership events drop entries early.
     access_cache_ttl_s: float = 30.0
@@ -84,7 +90,8 @@ def knowledge_source(stub: knowledge_pb2_grpc.KnowledgeServiceAsyncStub) -> Spac
 
 
 async def build(settings: VectorSettings, resources: AsyncExitStack) -> app.Application:
-    embedder: Embedder = await asyncio.to_thread(embedder_from_name, settings.embedding_model)
+    options = {"threads": settings.embedding_threads} if settings.embedding_model == MINILM_MODEL else {}
+    embedder = await asyncio.to_thread(embedder_from_name, settings.embedding_model, **options)
     index = await open_index(settings, embedder.dimensions)
     resources.push_async_callback(index.close)
     redis = aioredis.Redis.from_url(settings.redis_url)
@@ -104,7 +111,9 @@ async def build(settings: VectorSettings, resources: AsyncExitStack) -> app.Appl
         return [space.space_id for space in (await knowledge.ListAccessibleSpaces(request)).spaces]
 
     access = AccessCache(readable_spaces, AccessEpochs(redis), ttl_s=settings.access_cache_ttl_s)
-    indexer = Indexer(index, embedder, access)
+    bulk_embedder = BatchingEmbedder(embedder, max_texts=settings.index_batch_texts)
+    resources.callback(bulk_embedder.close)
+    indexer = Indexer(index, bulk_embedder, access)
     service = VectorService(
         index, embedder, access, indexer, knowledge_source(knowledge), reindex_per_caller=settings.reindex_per_caller
     )
@@ -116,6 +125,7 @@ async def build(settings: VectorSettings, resources: AsyncExitStack) -> app.Appl
         handlers=indexer.handlers(),
         guard=RedisIdempotency(redis),
         producer=EventProducer(kafka),
+        concurrency=settings.index_concurrency,
     )
     await consumer.start()
     resources.push_async_callback(consumer.stop)

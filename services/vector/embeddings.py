@@ -21,12 +21,17 @@ keeps serving while it runs; onnxruntime and the tokenizer release the GIL while
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
 import functools
 import hashlib
 import importlib.metadata
 import itertools
 import math
+import os
 import re
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -169,10 +174,12 @@ class MiniLmEmbedder:
     [CLS]/[SEP], truncation at ``max_tokens`` word pieces (256, the model's own limit: text past
     it is not seen), mean pooling of the last hidden state over the attention mask, L2
     normalisation. Texts are embedded in batches of ``batch_size``, sorted by length first so a
-    batch pads little, each batch in a worker thread on ``threads`` onnxruntime threads. Calls
-    are not serialised, so a query runs beside a bulk batch instead of queueing behind it; the
-    caller bounds how many bulk calls run at once (one indexing worker is what two cores afford).
-    Construction loads the model (~0.2 s); do it once per process.
+    batch pads little, each batch in a worker thread. With ``threads=1`` (the default) a call
+    computes on the thread that makes it, so calls run side by side: a query embedded while a
+    bulk batch runs takes the other core instead of queueing behind the batch, and the bulk path
+    (:class:`BatchingEmbedder`, one call at a time) never takes more than one core. More threads
+    make one call faster and let it take every core. Construction loads the model (a fraction
+    of a second); do it once per process.
     """
 
     name = MINILM_MODEL
@@ -181,7 +188,7 @@ class MiniLmEmbedder:
     def __init__(
         self,
         *,
-        threads: int = 2,
+        threads: int = 1,
         batch_size: int = 32,
         max_tokens: int = 256,
         model_path: Path | None = None,
@@ -213,6 +220,8 @@ class MiniLmEmbedder:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Idle onnxruntime threads spin waiting for work by default: CPU taken from the service.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session: Any = onnxruntime.InferenceSession(
             str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
         )
@@ -221,25 +230,31 @@ class MiniLmEmbedder:
         if output_shape[-1] != self.dimensions:
             raise ValueError(f"{model_path} produces {output_shape[-1]}-d states, expected {self.dimensions}")
 
+    def _batches(self, texts: Sequence[str]) -> list[list[int]]:
+        """Positions of `texts` in batches of `batch_size`, sorted by length so a batch pads little."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        return [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+
     async def embed(self, texts: Sequence[str]) -> Vectors:
         texts = list(texts)
-        if not texts:
-            return []
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         result: list[list[float]] = [[] for _ in texts]
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
+        for batch in self._batches(texts):
             vectors = await asyncio.to_thread(self._embed_batch, [texts[i] for i in batch])
             for i, vector in zip(batch, vectors.tolist(), strict=True):
                 result[i] = vector
         return result
 
     def embed_sync(self, texts: Sequence[str]) -> Vectors:
-        """The same as :meth:`embed`, on the calling thread (scripts and benchmarks)."""
-        vectors: list[list[float]] = []
-        for start in range(0, len(texts), self.batch_size):
-            vectors.extend(self._embed_batch(list(texts[start : start + self.batch_size])).tolist())
-        return vectors
+        """The same as :meth:`embed`, on the calling thread."""
+        result: list[list[float]] = [[] for _ in texts]
+        for batch in self._batches(texts):
+            for i, vector in zip(batch, self._embed_batch([texts[i] for i in batch]).tolist(), strict=True):
+                result[i] = vector
+        return result
+
+    def token_count(self, text: str) -> int:
+        """How many word pieces of `text` the model reads ([CLS] and [SEP] included): its cost."""
+        return len(self._tokenizer.encode(text).ids)
 
     def _embed_batch(self, texts: list[str]) -> FloatArray:
         encodings = self._tokenizer.encode_batch(texts)
@@ -248,18 +263,114 @@ class MiniLmEmbedder:
         feeds = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._input_names:
             feeds["token_type_ids"] = np.zeros_like(ids)
-        # No lock around run(): onnxruntime sessions are thread-safe, and a query embedded while a
-        # bulk batch runs then takes ~12 ms instead of waiting ~1 s for the batch (measured).
+        # No lock around run(): onnxruntime sessions are thread-safe and run calls side by side.
         hidden: FloatArray = self._session.run(None, feeds)[0]
         weights = mask[..., None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
         return _normalise_rows(pooled.astype(np.float32))
 
 
-def embedder_from_name(name: str, **options: Any) -> Embedder:
+@runtime_checkable
+class SyncEmbedder(Embedder, Protocol):
+    """An embedder that can also work on the calling thread."""
+
+    def embed_sync(self, texts: Sequence[str]) -> Vectors:
+        """The same as ``embed``, on the calling thread."""
+        ...
+
+
+def _lower_this_thread_s_priority(niceness: int) -> None:
+    # Linux gives each thread its own nice value; elsewhere this is a no-op.
+    with contextlib.suppress(AttributeError, OSError):
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + niceness))
+
+
+class BatchingEmbedder:
+    """Embeds what concurrent callers ask for in shared batches: one embedding call at a time,
+    on a thread of its own that yields the cores to everything else.
+
+    Texts that arrive while a batch is being embedded wait and go into the next batch together
+    (at most ``max_texts``, whole calls only); a call that finds nothing running starts at once,
+    so batching never adds a timer's delay. One call at a time bounds the share of the cores the
+    bulk path takes (with a one-thread model, one core), and batching across documents pays a
+    model call's fixed cost once for many short texts. The thread runs ``niceness`` nicer than the process (Linux):
+    when the cores are contended, searches, their query embeddings and the other services go
+    first and the bulk work takes what is left, all of it when they are idle. Queries must not
+    come through here: they would wait behind a bulk batch.
+    """
+
+    def __init__(self, inner: SyncEmbedder, *, max_texts: int = 64, niceness: int = 10) -> None:
+        if max_texts < 1:
+            raise ValueError(f"max_texts must be positive, got {max_texts}")
+        self.inner = inner
+        self.name = inner.name
+        self.dimensions = inner.dimensions
+        self.max_texts = max_texts
+        self._thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="bulk-embedding",
+            initializer=_lower_this_thread_s_priority,
+            initargs=(niceness,),
+        )
+        self._waiting: list[tuple[list[str], asyncio.Future[Vectors]]] = []
+        self._runner: asyncio.Task[None] | None = None
+
+    def close(self) -> None:
+        """Stop the thread (after the batch it is working on, if any)."""
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        texts = list(texts)
+        if not texts:
+            return []
+        answer: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
+        self._waiting.append((texts, answer))
+        if self._runner is None or self._runner.done():
+            # A context of its own: the batches belong to no single caller's trace.
+            self._runner = asyncio.create_task(self._run_batches(), context=contextvars.Context())
+        return await answer
+
+    def _next_batch(self) -> list[tuple[list[str], asyncio.Future[Vectors]]]:
+        batch = [self._waiting.pop(0)]
+        size = len(batch[0][0])
+        while self._waiting and size + len(self._waiting[0][0]) <= self.max_texts:
+            size += len(self._waiting[0][0])
+            batch.append(self._waiting.pop(0))
+        return [(texts, answer) for texts, answer in batch if not answer.done()]  # done: the caller gave up
+
+    async def _run_batches(self) -> None:
+        batch: list[tuple[list[str], asyncio.Future[Vectors]]] = []
+        try:
+            while self._waiting:
+                batch = self._next_batch()
+                if not batch:
+                    continue
+                shared = [text for texts, _ in batch for text in texts]
+                try:
+                    loop = asyncio.get_running_loop()
+                    vectors = await loop.run_in_executor(self._thread, self.inner.embed_sync, shared)
+                except Exception as error:
+                    for _, answer in batch:
+                        if not answer.done():
+                            answer.set_exception(error)
+                    continue
+                offset = 0
+                for texts, answer in batch:
+                    if not answer.done():
+                        answer.set_result(vectors[offset : offset + len(texts)])
+                    offset += len(texts)
+        finally:
+            # Cancelled (the service is stopping): nobody is left waiting for an answer.
+            for _, answer in [*batch, *self._waiting]:
+                if not answer.done():
+                    answer.cancel()
+
+
+def embedder_from_name(name: str, **options: Any) -> SyncEmbedder:
     """The embedder a configuration names: ``lexical-hash-384`` or ``all-MiniLM-L6-v2``.
 
-    ``options`` go to the implementation's constructor (e.g. ``threads=1`` for MiniLM). Loading
+    ``options`` go to the implementation's constructor (e.g. ``threads=2`` for MiniLM). Loading
     MiniLM takes a fraction of a second of CPU; call this once at start, off the event loop if
     one is already serving (``await asyncio.to_thread(embedder_from_name, name)``).
     """

@@ -16,7 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fixtures.kafka import read_topic
 from services.api.events.v1 import events_pb2
-from services.kit.consumer import EventConsumer, PermanentEventError, PostgresIdempotency, RetryPolicy, current_session
+from services.kit.consumer import (
+    EventConsumer,
+    EventHandler,
+    PermanentEventError,
+    PostgresIdempotency,
+    RetryPolicy,
+    current_session,
+)
 from services.kit.db import session_factory
 from services.kit.events import EventEnvelope, dead_letter_topic, new_envelope
 from services.kit.kafka import EventProducer
@@ -72,7 +79,14 @@ class Handler:
 
 
 def consumer_for(
-    stack: StackEndpoints, engine: AsyncEngine, producer: EventProducer, *, topic: str, group: str, handler: Handler
+    stack: StackEndpoints,
+    engine: AsyncEngine,
+    producer: EventProducer,
+    *,
+    topic: str,
+    group: str,
+    handler: EventHandler,
+    concurrency: int = 1,
 ) -> EventConsumer:
     return EventConsumer(
         bootstrap=stack.kafka_bootstrap,
@@ -82,6 +96,7 @@ def consumer_for(
         guard=PostgresIdempotency(session_factory(engine)),
         producer=producer,
         retry=RetryPolicy(attempts=3, first_delay_s=0.05, multiplier=2),
+        concurrency=concurrency,
     )
 
 
@@ -186,3 +201,37 @@ async def test_offsets_are_committed_only_after_the_work_is_durable(
     async with engine.connect() as connection:
         marks = await connection.scalar(select(func.count()).select_from(kit_metadata.tables["processed_events"]))
     assert marks == 2
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+async def test_a_consumer_handles_up_to_its_concurrency_at_once_and_each_event_once(
+    stack: StackEndpoints, engine: AsyncEngine, producer: EventProducer, concurrency: int
+) -> None:
+    topic, group = f"kit-consumer-{uuid.uuid4().hex[:8]}", f"kit-group-{uuid.uuid4().hex[:8]}"
+    events = [event(f"doc-{n}") for n in range(12)]
+    await producer.publish_many(topic, events)
+    in_flight, most_at_once = 0, 0
+    handler = Handler()
+
+    async def slow_handler(envelope: EventEnvelope) -> None:
+        nonlocal in_flight, most_at_once
+        in_flight += 1
+        most_at_once = max(most_at_once, in_flight)
+        try:
+            await asyncio.sleep(0.05)  # long enough for the others of the batch to start
+            await handler(envelope)
+        finally:
+            in_flight -= 1
+
+    consumer = consumer_for(
+        stack, engine, producer, topic=topic, group=group, handler=slow_handler, concurrency=concurrency
+    )
+    await consumer.start()
+    try:
+        await run_until(consumer, lambda: all_committed(consumer))
+    finally:
+        await consumer.stop()
+    assert most_at_once == concurrency
+    assert consumer.stats.processed == len(events)
+    assert sorted(handler.calls) == sorted(e.event_id for e in events)
+    assert set(await rows(engine)) >= {e.event_id for e in events}
