@@ -43,6 +43,7 @@ from fixtures.knowledge import VIEWER, add_member, create_document, create_space
 from loadtests.cpu import cpu_seconds, machine_idle_and_total_seconds
 from loadtests.echo_server import RUNTIMES
 from observability.clickhouse import connect
+from observability.testing import flush_receiver
 from observability.traces import TraceStore
 from services.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from simulations.launcher import isolated_launcher, process_tree
@@ -310,12 +311,6 @@ async def run(
         await flush_receiver(endpoints["otlp"]["http"])
         print_breakdown(TraceStore(connect(endpoints["clickhouse"]["http"])), window_s, sample_ratio, results[DIRECT])
     return 0 if met else 1
-
-
-async def flush_receiver(receiver_http: str) -> None:
-    """The OTLP receiver writes everything it holds to ClickHouse now."""
-    async with aiohttp.ClientSession() as session, session.post(f"{receiver_http}/flush") as answer:
-        await answer.read()
 
 
 def paired_ratio(runs: Sequence[Result], baseline: Sequence[Result]) -> tuple[float, list[float]]:

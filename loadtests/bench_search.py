@@ -11,11 +11,13 @@ reach the index the way production data does: Kafka events, chunking, embedding,
      search is filtered), once the whole corpus is searchable: req/s, p50/p99; and the same
      queries as exact numpy search over the same vectors in this process: recall@10 of the
      served results, and the latency ratio.
+  4. The mixed case (loadtests/search_mixed.py), on a stack of its own in the default
+     configuration (all-MiniLM-L6-v2, every span traced): note writes, searches and reads at
+     once, freshness and search latency side by side, after the model's floor on these cores.
 Each figure with a target is printed beside it; any error, missed document or missed target
-makes the exit code 1.
-The lexical embedder is used so that seeding 100k chunks takes a minute, not an hour; the
-semantic model's cost per chunk is printed by its own unit of measure (docs/s) in
-tests/unit/test_vector_embeddings.py's module docstring and does not change the index's figures.
+makes the exit code 1. `--case sizes` runs 1–3, `--case mixed` runs 4; both by default.
+Parts 1–3 use the lexical embedder, so that seeding 100k chunks takes a minute, not an hour:
+the index's figures do not depend on the model; the model's do, and part 4 measures them.
 """
 
 from __future__ import annotations
@@ -27,19 +29,22 @@ import statistics
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import psutil
 from faker import Faker
 
 from clients.transports import NativeGrpc, Transport, transport_for
 from fixtures.accounts import Account, sign_up
+from loadtests.cpu import cpu_seconds
+from loadtests.search_mixed import MixedLoad, run_mixed
 from services.api.knowledge.v1 import knowledge_pb2
 from services.api.vector.v1 import vector_pb2
 from services.vector.chunking import chunk_text
 from services.vector.embeddings import LexicalEmbedder
 from services.vector.indexing import document_text
-from simulations.launcher import isolated_launcher
+from simulations.launcher import isolated_launcher, process_tree
 from simulations.profiles import profile
 
 SPACES, READER_SPACES = 50, 5
@@ -240,6 +245,7 @@ async def run(sizes: list[int], seconds: float) -> int:
         print(
             f"  {'chunks':>8} {'index chunks/s':>15} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
             f"{'recall@10':>9} {'exact p50 ms':>12} {'served/exact':>12} {'errors':>6} {'unfound':>9}"
+            f" {'CPU ms per search: vector':>25} {'envoy':>6} {'all':>6}"
         )
         problems, last = 0, (0.0, 0.0)
         for size in sizes:
@@ -254,7 +260,12 @@ async def run(sizes: list[int], seconds: float) -> int:
             index_rate = (len(corpus.texts) - written_before) / (time.perf_counter() - began)
             unfound = await unsearchable(vector, owner, corpus, sample=20)
             queries = [" ".join(faker.words(nb=4)) for _ in range(200)]
+            groups = {name: process_tree(running.process.pid) for name, running in launcher.running.items()}
+            groups["bench client"] = [psutil.Process()]
+            cpu_before = cpu_seconds(groups)
             rate, p50, p99, errors = await drive_search(envoy, reader, queries, seconds)
+            searches = rate * seconds
+            cpu_ms = {name: (spent - cpu_before[name]) * 1000 / searches for name, spent in cpu_seconds(groups).items()}
             recall, served, exact = await exact_comparison(envoy, reader, set(spaces[:READER_SPACES]), corpus, queries)
             problems += errors + unfound
             last = (rate, p99)
@@ -263,7 +274,8 @@ async def run(sizes: list[int], seconds: float) -> int:
             print(
                 f"  {len(corpus.texts):>8,} {index_rate:>15,.0f} {rate:>7,.0f} {p50:>7.2f} {p99:>7.2f} "
                 f"{recall:>9.3f} {'' if recall_ok else '(MISSES) '}{exact:>12.2f} {served / exact:>12.1f} "
-                f"{errors:>6} {unfound:>9}"
+                f"{errors:>6} {unfound:>9} {cpu_ms['vector']:>25.2f} {cpu_ms['envoy']:>6.2f} "
+                f"{sum(cpu_ms.values()):>6.2f}"
             )
 
         for transport in (envoy, knowledge, vector):
@@ -295,9 +307,20 @@ async def unsearchable(vector: Transport, owner: Account, corpus: Corpus, sample
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=5.0, help="search time per size")
+    parser.add_argument("--case", choices=("all", "sizes", "mixed"), default="all")
+    defaults = MixedLoad()
+    parser.add_argument("--mixed-seconds", type=float, default=defaults.seconds)
+    parser.add_argument("--writes", type=float, default=defaults.writes_per_s, help="mixed case: notes written per s")
+    parser.add_argument("--searches", type=float, default=defaults.searches_per_s, help="mixed case: searches per s")
     args = parser.parse_args()
-    sys.exit(asyncio.run(run([int(size) for size in args.sizes.split(",")], args.seconds)))
+    failed = 0
+    if args.case in ("all", "sizes"):
+        failed |= asyncio.run(run([int(size) for size in args.sizes.split(",")], args.seconds))
+    if args.case in ("all", "mixed"):
+        load = replace(defaults, seconds=args.mixed_seconds, writes_per_s=args.writes, searches_per_s=args.searches)
+        failed |= not asyncio.run(run_mixed(load))
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

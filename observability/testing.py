@@ -75,6 +75,17 @@ class TraceCapture:
         return await wait_for_trace(self.store, self.receiver_http, trace_id, expected, timeout_s)
 
 
+async def flush_receiver(receiver_http: str) -> None:
+    """The OTLP receiver writes everything it holds to ClickHouse now."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+        session.post(f"{receiver_http}/flush") as response,
+    ):
+        await response.read()
+        if response.status != 200:
+            raise RuntimeError(f"the receiver at {receiver_http} did not flush: HTTP {response.status}")
+
+
 async def wait_for_trace(
     store: TraceStore, receiver_http: str, trace_id: str, expected: Sequence[SpanMatch], timeout_s: float
 ) -> TraceTree:

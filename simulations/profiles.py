@@ -45,6 +45,8 @@ PROFILES: dict[str, Profile] = {
         Profile("receiver", 1400, ("otlp",)),
         Profile("vector-restart", 1500, ("auth", "knowledge", "vector"), LEXICAL),
         Profile("bench-search", 1600, ("envoy",), {**LEXICAL, "KP_TRACE_SAMPLE_RATIO": "0.02"}),
+        # The default configuration (all-MiniLM-L6-v2, every span traced): the mixed case measures it.
+        Profile("bench-search-mixed", 1900, ("envoy",)),
         Profile("quiet-traces", 1800, ("otlp", "auth", "knowledge")),
     )
 }

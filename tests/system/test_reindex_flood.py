@@ -13,7 +13,6 @@ import statistics
 import time
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 
 from clients.transports import NATIVE_GRPC, Transport, transport_for
@@ -21,6 +20,7 @@ from fixtures.accounts import Account, sign_up
 from fixtures.documents import eventually
 from fixtures.knowledge import create_document, create_space
 from observability.clickhouse import connect
+from observability.testing import flush_receiver
 from services.api.vector.v1 import vector_pb2
 from simulations.endpoints import StackEndpoints
 
@@ -91,15 +91,10 @@ async def test_twenty_reindexes_of_one_space_are_one_job_and_search_stays_fast(
             client.close()
 
     async def one_job_done() -> int | None:
-        await flush_receiver(stack)
+        await flush_receiver(stack.otlp_http)
         return jobs_traced() or None
 
     assert await eventually(one_job_done, "the reindex job's span", timeout_s=60) == 1
     await asyncio.sleep(2)  # a second job, had there been one, would have started by now
-    await flush_receiver(stack)
+    await flush_receiver(stack.otlp_http)
     assert jobs_traced() == 1, "twenty calls, one job"
-
-
-async def flush_receiver(stack: StackEndpoints) -> None:
-    async with aiohttp.ClientSession() as session, session.post(f"{stack.otlp_http}/flush") as response:
-        assert response.status == 200
