@@ -19,7 +19,7 @@ from services.kit.kafka import EventProducer, new_producer
 from services.kit.server import ServiceSpec
 from services.kit.settings import ServiceSettings
 from services.vector import VERSION
-from services.vector.embeddings import MINILM_MODEL, BatchingEmbedder, embedder_from_name
+from services.vector.embeddings import MINILM_MODEL, BatchingEmbedder, Embedder, embedder_from_name
 from services.vector.index import ChunkIndex, EdgeIndex, QdrantServerIndex
 from services.vector.indexing import Indexer
 from services.vector.server import SERVICE_NAME, VectorServer
@@ -111,8 +111,12 @@ async def build(settings: VectorSettings, resources: AsyncExitStack) -> app.Appl
         return [space.space_id for space in (await knowledge.ListAccessibleSpaces(request)).spaces]
 
     access = AccessCache(readable_spaces, AccessEpochs(redis), ttl_s=settings.access_cache_ttl_s)
-    bulk_embedder = BatchingEmbedder(embedder, max_texts=settings.index_batch_texts)
-    resources.callback(bulk_embedder.close)
+    # Shared batches on a yielding thread pay off for a model whose calls cost milliseconds; the
+    # lexical embedder's microseconds are cheaper on the event loop than a hop to a thread.
+    bulk_embedder: Embedder = embedder
+    if settings.embedding_model == MINILM_MODEL:
+        bulk_embedder = BatchingEmbedder(embedder, max_texts=settings.index_batch_texts)
+        resources.callback(bulk_embedder.close)
     indexer = Indexer(index, bulk_embedder, access)
     service = VectorService(
         index, embedder, access, indexer, knowledge_source(knowledge), reindex_per_caller=settings.reindex_per_caller
