@@ -20,6 +20,7 @@ from services.auth.server import PUBLIC_METHODS, SERVICE_NAME, AuthServer
 from services.auth.service import AuthService, KeySettings
 from services.kit import app
 from services.kit.db import SessionFactory, create_engine, session_factory
+from services.kit.health import redis_dependency
 from services.kit.server import ServiceSpec
 from services.kit.settings import ServiceSettings
 from services.kit.telemetry import untraced
@@ -106,7 +107,12 @@ async def build(settings: AuthSettings, resources: AsyncExitStack) -> app.Applic
         ),
         public_methods=PUBLIC_METHODS,
     )
-    return app.Application(spec=spec, verifiers=verifiers, background=[relay.run, reload_keys])
+    return app.Application(
+        spec=spec,
+        verifiers=verifiers,
+        background=[relay.run, reload_keys],
+        dependencies=[store.dependency, redis_dependency(redis)],
+    )
 
 
 def main() -> None:

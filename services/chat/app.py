@@ -21,6 +21,7 @@ from services.chat.websocket import WS_PATH, ChatProtocol
 from services.kit import app
 from services.kit.access import AccessEpochs
 from services.kit.clients import service_channel
+from services.kit.health import redis_dependency
 from services.kit.server import ServiceSpec
 from services.kit.settings import ServiceSettings
 from services.kit.websocket import WebSocketBridge
@@ -78,7 +79,12 @@ async def build(settings: ChatSettings, resources: AsyncExitStack) -> app.Applic
     )
     # The WebSocket server accepts sockets while its loop runs; cancelling the loop (shutdown)
     # closes every socket (1001, going away) and waits for their handlers.
-    return app.Application(spec=spec, verifiers=verifiers, background=[relay.run, websocket.serve_forever])
+    return app.Application(
+        spec=spec,
+        verifiers=verifiers,
+        background=[relay.run, websocket.serve_forever],
+        dependencies=[store.dependency, redis_dependency(redis)],
+    )
 
 
 async def close_websocket(server: Server) -> None:

@@ -27,6 +27,7 @@ from services.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.kit.auth import KeySource, RefreshingKeys, TokenVerifier
 from services.kit.clients import service_channel
 from services.kit.db import SessionFactory, create_engine, session_factory
+from services.kit.health import Dependency, DependencyMonitor, postgres_dependency
 from services.kit.identity import SERVICE_AUDIENCE, SERVICE_TOKEN_USE, IssuedServiceToken, ServiceTokens
 from services.kit.kafka import EventProducer, new_producer
 from services.kit.migrations import upgrade_to_head
@@ -55,6 +56,8 @@ class Application:
     spec: ServiceSpec
     verifiers: Verifiers | None
     background: Sequence[Loop] = field(default_factory=list)
+    # The stores the service cannot answer without: health is NOT_SERVING while one is down.
+    dependencies: Sequence[Dependency] = field(default_factory=list)
 
 
 Build = Callable[[SettingsT, AsyncExitStack], Awaitable[Application]]
@@ -91,7 +94,8 @@ async def run(build: Build[SettingsT], settings: SettingsT, version: str) -> Non
                 service_verifier=app.verifiers.services if app.verifiers else None,
             )
             keep_helper_threads_from_preempting_the_loop()
-            loops = [asyncio.create_task(supervised(loop)) for loop in app.background]
+            monitor = DependencyMonitor(app.dependencies, built.set_dependencies_up)
+            loops = [asyncio.create_task(supervised(loop)) for loop in [*app.background, monitor.run]]
             try:
                 await serve(built, settings.shutdown_grace_s)
             finally:
@@ -140,6 +144,7 @@ class Store:
     sessions: SessionFactory
     producer: EventProducer
     relay: OutboxRelay
+    dependency: Dependency  # the database, for the service's health
 
 
 async def open_store(settings: ServiceSettings, database: str, migrations: Path, resources: AsyncExitStack) -> Store:
@@ -154,7 +159,7 @@ async def open_store(settings: ServiceSettings, database: str, migrations: Path,
     resources.push_async_callback(kafka.stop)
     sessions = session_factory(engine)
     producer = EventProducer(kafka)
-    return Store(dsn, sessions, producer, OutboxRelay(sessions, producer))
+    return Store(dsn, sessions, producer, OutboxRelay(sessions, producer), postgres_dependency(engine))
 
 
 def verifiers_for(keys: KeySource, settings: ServiceSettings, leeway_s: int = 30) -> Verifiers:

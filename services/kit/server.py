@@ -377,15 +377,28 @@ def wrap_handler(handler: Handler, enter: Enter, receive_timeout_s: float = RECE
 
 @dataclass
 class BuiltServer:
+    """A started server. Its health is SERVING while it accepts calls (between `serve`'s start
+    and the drain) and every hard dependency answers (services.kit.health)."""
+
     server: grpc.aio.Server
     health: HealthServicer
     port: int
     spec: ServiceSpec
+    accepting: bool = False
+    dependencies_up: bool = True
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *self.spec.grpc_services):
             await self.health.set(name, status)
+
+    async def set_accepting(self, accepting: bool) -> None:
+        self.accepting = accepting
+        await self.set_serving(self.accepting and self.dependencies_up)
+
+    async def set_dependencies_up(self, up: bool) -> None:
+        self.dependencies_up = up
+        await self.set_serving(self.accepting and self.dependencies_up)
 
 
 async def build_server(
@@ -435,10 +448,10 @@ async def serve(built: BuiltServer, grace_s: float, on_stop: Callable[[], Awaita
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await built.set_serving(True)
+    await built.set_accepting(True)
     log.info("%s serving on port %d", built.spec.name, built.port)
     await stop.wait()
-    await built.set_serving(False)
+    await built.set_accepting(False)
     await built.server.stop(grace_s)
     if on_stop is not None:
         await on_stop()

@@ -11,6 +11,7 @@ from services.api.knowledge.v1 import knowledge_pb2_grpc
 from services.kit import app
 from services.kit.access import AccessEpochs
 from services.kit.db import HotReads
+from services.kit.health import redis_dependency
 from services.kit.server import ServiceSpec
 from services.kit.settings import ServiceSettings
 from services.knowledge import VERSION
@@ -51,7 +52,12 @@ async def build(settings: KnowledgeSettings, resources: AsyncExitStack) -> app.A
         internal_methods=INTERNAL_METHODS,
     )
     # Tokens are verified against the auth service's JWKS, fetched on first use.
-    return app.Application(spec=spec, verifiers=app.platform_verifiers(settings), background=[relay.run])
+    return app.Application(
+        spec=spec,
+        verifiers=app.platform_verifiers(settings),
+        background=[relay.run],
+        dependencies=[store.dependency, redis_dependency(redis)],
+    )
 
 
 def main() -> None:

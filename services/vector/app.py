@@ -15,6 +15,7 @@ from services.kit.access import AccessCache, AccessEpochs
 from services.kit.clients import service_channel
 from services.kit.consumer import EventConsumer, RedisIdempotency
 from services.kit.events import topic_for
+from services.kit.health import redis_dependency
 from services.kit.kafka import EventProducer, new_producer
 from services.kit.server import ServiceSpec
 from services.kit.settings import ServiceSettings
@@ -143,7 +144,10 @@ async def build(settings: VectorSettings, resources: AsyncExitStack) -> app.Appl
         ),
     )
     return app.Application(
-        spec=spec, verifiers=app.platform_verifiers(settings), background=[consumer.run, service.reindexing.run]
+        spec=spec,
+        verifiers=app.platform_verifiers(settings),
+        background=[consumer.run, service.reindexing.run],
+        dependencies=[redis_dependency(redis)],
     )
 
 

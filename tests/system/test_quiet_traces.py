@@ -25,7 +25,7 @@ from simulations.launcher import isolated_stack
 from simulations.profiles import profile
 
 CREATE_DOCUMENT = "knowledge.v1.KnowledgeService/CreateDocument"
-IDLE_S = 20.0
+IDLE_S = 60.0  # a minute: long enough for every periodic loop of the stack to run (the slowest polls every 2 s)
 BURST = 20
 
 

@@ -412,6 +412,30 @@ async def test_health_follows_set_serving(channel: grpc.aio.Channel, built: Buil
     assert reply.status == not_serving
 
 
+async def test_health_is_serving_only_while_accepting_with_every_dependency_up(
+    channel: grpc.aio.Channel, built: BuiltServer
+) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+
+    async def status() -> int:
+        return (await health.Check(health_pb2.HealthCheckRequest(service=AUTH_SERVICE), timeout=5)).status
+
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    try:
+        await built.set_accepting(True)
+        assert await status() == serving
+        await built.set_dependencies_up(False)
+        assert await status() == not_serving, "a hard dependency is down"
+        await built.set_dependencies_up(True)
+        assert await status() == serving, "it is back"
+        await built.set_accepting(False)
+        await built.set_dependencies_up(True)
+        assert await status() == not_serving, "draining wins over a dependency coming back"
+    finally:
+        await built.set_accepting(False)
+        await built.set_dependencies_up(True)
+
+
 async def test_health_of_unknown_service_is_not_found(channel: grpc.aio.Channel) -> None:
     health = health_pb2_grpc.HealthStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
