@@ -4,27 +4,31 @@ after the work is durable, and a dead-letter topic for what cannot be processed.
 For each record: decode the envelope (undecodable → dead letter); skip event types nobody
 handles; run the handler at most once per event id (`IdempotencyGuard`); retry failures a few
 times, then dead-letter. `PermanentEventError` (a payload the handler can never accept) goes
-to the dead-letter topic at once. Offsets are committed per partition after each batch, so a
-crash re-delivers at most one batch, which the guard turns into no-ops.
+to the dead-letter topic at once. Offsets of handled records are committed at most once a
+second (and when the consumer stops), so a crash re-delivers at most that second's records,
+which the guard turns into no-ops.
 
 Records are handled one at a time, in partition order, unless the consumer is given a
-`concurrency` above 1: then up to that many records of a fetched batch are handled at once. Only
-handlers whose outcome does not depend on the order of events may ask for it (the vector
-index's do: a document's version decides which write stands). Either way the consumer holds at
-most `max_batch` records in memory; a backlog waits in Kafka, durable, not in the process.
+`concurrency` above 1: then records of a fetch with different keys are handled up to that many
+at once, while those with the same key (one space's events) still go one after another, in
+order — the only order Kafka promises across partitions anyway, and what an event id's guard
+needs (a redelivery never races its original). Either way the consumer holds at most
+`max_batch` records in memory; a backlog waits in Kafka, durable, not in the process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from google.protobuf.message import DecodeError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -131,6 +135,7 @@ class EventConsumer:
         retry: RetryPolicy | None = None,
         max_batch: int = 100,
         concurrency: int = 1,
+        commit_interval_s: float = 1.0,
         start_from: Literal["earliest", "latest"] = "earliest",
     ) -> None:
         self.group_id = group_id
@@ -143,6 +148,7 @@ class EventConsumer:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.concurrency = concurrency
+        self.commit_interval_s = commit_interval_s
         self.stats = ConsumerStats()
         self.consumer = AIOKafkaConsumer(
             *self.topics,
@@ -171,31 +177,50 @@ class EventConsumer:
         await self.consumer.stop()
 
     async def run(self) -> None:
-        """Consume until cancelled."""
-        while True:
-            batches = await self.consumer.getmany(timeout_ms=500, max_records=self.max_batch)
-            if not batches:
-                continue
-            if self.concurrency > 1:
-                await self.handle_concurrently([record for records in batches.values() for record in records])
-                await self.consumer.commit({partition: batch[-1].offset + 1 for partition, batch in batches.items()})
-                continue
-            for partition, records in batches.items():
-                for record in records:
-                    await self.handle_record(record)
-                await self.consumer.commit({partition: records[-1].offset + 1})
+        """Consume until cancelled.
+
+        Offsets of handled records are committed at most every `commit_interval_s`, and once more
+        when the loop stops: at a trickle of events every fetch holds one record, and a commit
+        per fetch cost the broker about as much again as the record. A crash re-delivers what
+        was handled since the last commit; the guard turns it into no-ops."""
+        handled: dict[TopicPartition, int] = {}
+        last_commit = 0.0
+        try:
+            while True:
+                batches = await self.consumer.getmany(timeout_ms=500, max_records=self.max_batch)
+                if self.concurrency > 1:
+                    await self.handle_concurrently([record for records in batches.values() for record in records])
+                    handled.update({partition: records[-1].offset + 1 for partition, records in batches.items()})
+                else:
+                    for partition, records in batches.items():
+                        for record in records:
+                            await self.handle_record(record)
+                        handled[partition] = records[-1].offset + 1
+                if handled and time.monotonic() - last_commit >= self.commit_interval_s:
+                    await self.consumer.commit(handled)
+                    handled, last_commit = {}, time.monotonic()
+        finally:
+            if handled:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.consumer.commit(handled), timeout=5)
 
     async def handle_concurrently(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        """Handle `records`, up to `concurrency` at once; returns when every one is done."""
+        """Handle `records`: those with the same key (one space's events) one after another, in
+        order, as Kafka delivered them; different keys up to `concurrency` at once. Returns when
+        every one is done."""
+        by_key: dict[bytes | None, list[ConsumerRecord[bytes, bytes]]] = {}
+        for record in records:
+            by_key.setdefault(record.key, []).append(record)
         slots = asyncio.Semaphore(self.concurrency)
 
-        async def handle(record: ConsumerRecord[bytes, bytes]) -> None:
+        async def handle_in_order(same_key: list[ConsumerRecord[bytes, bytes]]) -> None:
             async with slots:
-                await self.handle_record(record)
+                for record in same_key:
+                    await self.handle_record(record)
 
         async with asyncio.TaskGroup() as group:
-            for record in records:
-                group.create_task(handle(record))
+            for same_key in by_key.values():
+                group.create_task(handle_in_order(same_key))
 
     async def handle_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """Process one record to a final outcome: done, duplicate, ignored or dead-lettered."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -44,6 +45,8 @@ log = logging.getLogger("services.kit.outbox")
 
 RELAY_LOCK_ID = 0x6F7574626F78  # "outbox": one relay at a time per database
 PUBLISHED_RETENTION = timedelta(hours=1)
+# Rows kept for an hour need not be swept on every relay cycle (one per commit under load).
+CLEANUP_INTERVAL_S = 60.0
 
 kit_metadata = MetaData()
 
@@ -113,6 +116,7 @@ class OutboxRelay:
         self.busy_retry_s = busy_retry_s  # another relay holds the lock: it may idle past our rows
         self.retry_delay_s = retry_delay_s
         self._wake = asyncio.Event()
+        self._last_cleanup = float("-inf")
         self.published_total = 0
 
     def wake(self) -> None:
@@ -163,7 +167,9 @@ class OutboxRelay:
             await session.execute(
                 update(outbox).where(outbox.c.id.in_([row.id for row in rows])).values(published_at=func.now())
             )
-            await session.execute(delete(outbox).where(outbox.c.published_at < func.now() - PUBLISHED_RETENTION))
+            if time.monotonic() - self._last_cleanup >= CLEANUP_INTERVAL_S:
+                await session.execute(delete(outbox).where(outbox.c.published_at < func.now() - PUBLISHED_RETENTION))
+                self._last_cleanup = time.monotonic()
         self.published_total += len(rows)
         return len(rows)
 

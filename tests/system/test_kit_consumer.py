@@ -46,13 +46,13 @@ def producer(event_producer: EventProducer) -> EventProducer:
     return event_producer
 
 
-def event(document_id: str, event_type: str = "knowledge.document.created") -> EventEnvelope:
+def event(document_id: str, event_type: str = "knowledge.document.created", key: str = "one-key") -> EventEnvelope:
     payload = events_pb2.DocumentCreated(document_id=document_id, title="t", content="c")
     return new_envelope(
         event_type=event_type,
         payload=payload,
         producer="kit-test",
-        partition_key="one-key",  # one partition: delivery order is publish order
+        partition_key=key,  # one key, one partition: delivery order is publish order
         subject_ids={"document_id": document_id},
     )
 
@@ -204,24 +204,29 @@ async def test_offsets_are_committed_only_after_the_work_is_durable(
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
-async def test_a_consumer_handles_up_to_its_concurrency_at_once_and_each_event_once(
+async def test_a_consumer_handles_keys_side_by_side_and_each_key_in_order(
     stack: StackEndpoints, engine: AsyncEngine, producer: EventProducer, concurrency: int
 ) -> None:
     topic, group = f"kit-consumer-{uuid.uuid4().hex[:8]}", f"kit-group-{uuid.uuid4().hex[:8]}"
-    events = [event(f"doc-{n}") for n in range(12)]
+    events = [event(f"doc-{n}", key=f"space-{n % 6}") for n in range(18)]
+    key_of = {e.event_id: e.partition_key for e in events}
     await producer.publish_many(topic, events)
-    in_flight, most_at_once = 0, 0
+    in_flight: list[str] = []  # keys being handled
+    most_at_once, same_key_overlaps = 0, 0
     handler = Handler()
 
     async def slow_handler(envelope: EventEnvelope) -> None:
-        nonlocal in_flight, most_at_once
-        in_flight += 1
-        most_at_once = max(most_at_once, in_flight)
+        nonlocal most_at_once, same_key_overlaps
+        same_key_overlaps += envelope.partition_key in in_flight
+        in_flight.append(envelope.partition_key)
+        most_at_once = max(most_at_once, len(in_flight))
         try:
-            await asyncio.sleep(0.05)  # long enough for the others of the batch to start
+            # Long enough for the others of the batch to start; the very first event is slow, so
+            # a later event of its key would overtake it if keys were not kept in order.
+            await asyncio.sleep(0.3 if envelope.event_id == events[0].event_id else 0.05)
             await handler(envelope)
         finally:
-            in_flight -= 1
+            in_flight.remove(envelope.partition_key)
 
     consumer = consumer_for(
         stack, engine, producer, topic=topic, group=group, handler=slow_handler, concurrency=concurrency
@@ -232,6 +237,9 @@ async def test_a_consumer_handles_up_to_its_concurrency_at_once_and_each_event_o
     finally:
         await consumer.stop()
     assert most_at_once == concurrency
+    assert same_key_overlaps == 0, "two events of one key were handled at once"
+    for key in {e.partition_key for e in events}:
+        handled = [event_id for event_id in handler.calls if key_of[event_id] == key]
+        assert handled == [e.event_id for e in events if e.partition_key == key], f"{key}'s events out of order"
     assert consumer.stats.processed == len(events)
-    assert sorted(handler.calls) == sorted(e.event_id for e in events)
     assert set(await rows(engine)) >= {e.event_id for e in events}

@@ -418,7 +418,7 @@ async def test_health_is_serving_only_while_accepting_with_every_dependency_up(
     health = health_pb2_grpc.HealthStub(channel)
 
     async def status() -> int:
-        return (await health.Check(health_pb2.HealthCheckRequest(service=AUTH_SERVICE), timeout=5)).status
+        return int((await health.Check(health_pb2.HealthCheckRequest(service=AUTH_SERVICE), timeout=5)).status)
 
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     try:
