@@ -19,17 +19,16 @@ from services.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from services.api.vector.v1 import vector_pb2, vector_pb2_grpc
 from services.chat.domain import RetrievedChunk
 from services.kit.access import AccessCache, EpochSource
-from services.kit.errors import DomainError, PermissionDenied, Unauthenticated, Unavailable
+from services.kit.errors import PEER_NOT_ANSWERING, DomainError, PermissionDenied, Unauthenticated, Unavailable
 
 # The vector service's limit on a query; longer questions are searched by their start.
 SEARCH_QUERY_MAX = 1000
-UNANSWERED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 def peer_failure(error: grpc.aio.AioRpcError, peer: str) -> DomainError | None:
     """What a failed call to a peer means to our caller; None: an internal error."""
     code = error.code()
-    if code in UNANSWERED:
+    if code in PEER_NOT_ANSWERING:
         return Unavailable(f"the {peer} is not answering right now ({code.name}); try again in a moment")
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return Unauthenticated(error.details() or "the access token was refused; log in again")

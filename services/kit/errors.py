@@ -77,6 +77,15 @@ class Unavailable(DomainError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+# How a failed call to a peer reads when the peer was not there to answer.
+PEER_NOT_ANSWERING = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+def peer_not_answering(error: BaseException) -> bool:
+    """A call to a peer failed because the peer is down or too slow (not because of a bug)."""
+    return isinstance(error, grpc.aio.AioRpcError) and error.code() in PEER_NOT_ANSWERING
+
+
 @dataclass(frozen=True)
 class StatusReply:
     """What the caller receives for a failed call."""
@@ -103,6 +112,11 @@ def status_for(error: BaseException, trace_id: str = "") -> StatusReply:
         return StatusReply(error.code, error.message)
     if isinstance(error, NotImplementedError):  # a generated servicer method left unimplemented
         return StatusReply(grpc.StatusCode.UNIMPLEMENTED, "this method is not implemented by the service")
+    if peer_not_answering(error):
+        # A peer this call needed is down or too slow: the caller can retry; nothing is broken.
+        return StatusReply(
+            grpc.StatusCode.UNAVAILABLE, "a service this call needs is not answering right now; try again in a moment"
+        )
     reference = f" (trace {trace_id})" if trace_id else ""
     return StatusReply(grpc.StatusCode.INTERNAL, f"internal error{reference}; the service log has the details")
 

@@ -2,8 +2,9 @@
 
 A service names its hard dependencies (the stores it cannot answer without: its PostgreSQL
 database, Redis where access or idempotency lives there) with a probe each. Peers and Kafka are
-not among them: a peer is asked lazily and retried, and Kafka's absence delays events (the
-outbox keeps them) without failing calls. `DependencyMonitor` probes every `interval_s`; a
+not among them: a peer is asked when a call needs it (its absence answers that call UNAVAILABLE
+and the next call asks again), and Kafka's absence delays events (the outbox keeps them)
+without failing calls. `DependencyMonitor` probes every `interval_s`; a
 dependency is down when its probe fails or takes longer than `timeout_s`, and the service's
 health follows: NOT_SERVING while any is down, SERVING again when all answer. Each change is
 logged once, naming what is down. Probes make no spans: an idle service makes no traces.

@@ -37,7 +37,7 @@ from services.kit.auth import (
     reset_principal,
     set_principal,
 )
-from services.kit.errors import DomainError, InvalidArgument, Unauthenticated, status_for
+from services.kit.errors import DomainError, InvalidArgument, Unauthenticated, peer_not_answering, status_for
 from services.kit.identity import SERVICE_TOKEN_HEADER, metadata_value
 from services.kit.telemetry import current_trace_id
 from services.kit.text import check_strings
@@ -245,7 +245,9 @@ class CallScope:
 
     async def abort_with(self, error: BaseException) -> None:
         reply = status_for(error, current_trace_id())
-        if not isinstance(error, DomainError):
+        if peer_not_answering(error):
+            log.warning("a peer did not answer (trace %s): %s", current_trace_id(), reply.message)
+        elif not isinstance(error, DomainError):
             log.error("unexpected error (trace %s)", current_trace_id(), exc_info=error)
         trailing: tuple[tuple[str, bytes], ...] = ()
         if reply.details is not None:

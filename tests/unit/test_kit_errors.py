@@ -110,3 +110,20 @@ def test_unexpected_exception_without_trace_id_is_still_internal() -> None:
     assert reply.code == grpc.StatusCode.INTERNAL
     assert "user_id" not in reply.message
     assert "trace" not in reply.message
+
+
+def peer_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="peer said no")
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED])
+def test_a_peer_that_does_not_answer_makes_the_call_unavailable_not_internal(code: grpc.StatusCode) -> None:
+    reply = status_for(peer_error(code), trace_id="abc")
+    assert reply.code == grpc.StatusCode.UNAVAILABLE
+    assert reply.message == "a service this call needs is not answering right now; try again in a moment"
+
+
+def test_a_peer_s_other_failures_stay_internal_errors() -> None:
+    reply = status_for(peer_error(grpc.StatusCode.INVALID_ARGUMENT), trace_id="abc")
+    assert reply.code == grpc.StatusCode.INTERNAL, "our request to a peer was wrong: a bug here, not the caller's"
+    assert "trace abc" in reply.message
