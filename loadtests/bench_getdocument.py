@@ -40,7 +40,7 @@ import psutil
 from clients.transports import Transport, transport_for
 from fixtures.accounts import sign_up
 from fixtures.knowledge import VIEWER, add_member, create_document, create_space
-from loadtests.cpu import cpu_seconds, machine_idle_and_total_seconds
+from loadtests.cpu import BENCH_CLIENT, cpu_seconds, machine_idle_and_total_seconds, stack_processes
 from loadtests.echo_server import RUNTIMES
 from observability.clickhouse import connect
 from observability.testing import flush_receiver
@@ -84,7 +84,7 @@ class Target:
 # Every process of the run, by group: each component with its children (PostgreSQL's backends),
 # the echo server, and this process, which is the benchmark's client.
 Processes = Callable[[], Mapping[str, Sequence[psutil.Process]]]
-CLIENT = "bench client"
+CLIENT = BENCH_CLIENT
 
 
 async def drive(target: Target, processes: Processes, seconds: float, concurrency: int) -> Result:
@@ -285,9 +285,8 @@ async def run(
         echoes = {runtime: await start_echo(echo_port(runtime), b"x" * size, runtime) for runtime in RUNTIMES}
 
         def processes() -> dict[str, list[psutil.Process]]:
-            pids = {name: running.process.pid for name, running in launcher.running.items()}
-            pids |= {f"echo ({runtime})": process.pid for runtime, process in echoes.items()}
-            return {**{name: process_tree(pid) for name, pid in pids.items()}, CLIENT: [psutil.Process()]}
+            echo_trees = {f"echo ({runtime})": process_tree(process.pid) for runtime, process in echoes.items()}
+            return {**stack_processes(launcher), **echo_trees}
 
         waited = await quiesce(processes)
         print(f"background work of the seeding (the vector service indexing the corpus) done after {waited:.0f} s")

@@ -32,19 +32,18 @@ import uuid
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import psutil
 from faker import Faker
 
 from clients.transports import NativeGrpc, Transport, transport_for
 from fixtures.accounts import Account, sign_up
-from loadtests.cpu import cpu_seconds
-from loadtests.search_mixed import MixedLoad, run_mixed
+from loadtests.cpu import cpu_seconds, stack_processes
+from loadtests.search_mixed import K, MixedLoad, V, chunk_count, run_mixed
 from services.api.knowledge.v1 import knowledge_pb2
 from services.api.vector.v1 import vector_pb2
 from services.vector.chunking import chunk_text
 from services.vector.embeddings import LexicalEmbedder
 from services.vector.indexing import document_text
-from simulations.launcher import isolated_launcher, process_tree
+from simulations.launcher import isolated_launcher
 from simulations.profiles import profile
 
 SPACES, READER_SPACES = 50, 5
@@ -55,8 +54,6 @@ SEARCH_P99_TARGET_MS = 50.0
 SEARCH_RATE_TARGET = 300.0
 FRESHNESS_P99_TARGET_MS = 1000.0
 PARAGRAPHS_PER_DOCUMENT = 10
-K = "knowledge.v1.KnowledgeService"
-V = "vector.v1.VectorService"
 
 
 @dataclass
@@ -102,13 +99,6 @@ async def write_documents(
 
     await asyncio.gather(*(writer() for _ in range(16)))
     return written
-
-
-async def chunk_count(vector: Transport, account: Account) -> int:
-    stats = (
-        await vector.unary(f"{V}/GetIndexStats", vector_pb2.GetIndexStatsRequest(), token=account.access_token)
-    ).unwrap()
-    return int(stats.chunk_count)  # type: ignore[attr-defined]
 
 
 async def drive_search(
@@ -260,8 +250,7 @@ async def run(sizes: list[int], seconds: float) -> int:
             index_rate = (len(corpus.texts) - written_before) / (time.perf_counter() - began)
             unfound = await unsearchable(vector, owner, corpus, sample=20)
             queries = [" ".join(faker.words(nb=4)) for _ in range(200)]
-            groups = {name: process_tree(running.process.pid) for name, running in launcher.running.items()}
-            groups["bench client"] = [psutil.Process()]
+            groups = stack_processes(launcher)
             cpu_before = cpu_seconds(groups)
             rate, p50, p99, errors = await drive_search(envoy, reader, queries, seconds)
             searches = rate * seconds

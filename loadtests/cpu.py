@@ -11,7 +11,17 @@ from collections.abc import Mapping, Sequence
 
 import psutil
 
+from simulations.launcher import Launcher, process_tree
+
 ProcessGroups = Mapping[str, Sequence[psutil.Process]]
+BENCH_CLIENT = "bench client"
+
+
+def stack_processes(launcher: Launcher) -> dict[str, list[psutil.Process]]:
+    """Each running component's process tree by name, and this process as the bench client."""
+    groups = {name: process_tree(running.process.pid) for name, running in launcher.running.items()}
+    groups[BENCH_CLIENT] = [psutil.Process()]
+    return groups
 
 
 def cpu_seconds(groups: ProcessGroups) -> dict[str, float]:

@@ -29,7 +29,7 @@ from faker import Faker
 from clients.transports import Reply, Transport, transport_for
 from fixtures.accounts import Account, sign_up
 from fixtures.knowledge import VIEWER, add_member, create_space
-from loadtests.cpu import cpu_seconds, machine_idle_and_total_seconds
+from loadtests.cpu import cpu_seconds, machine_idle_and_total_seconds, stack_processes
 from observability.clickhouse import connect
 from observability.testing import flush_receiver
 from services.api.knowledge.v1 import knowledge_pb2
@@ -37,7 +37,7 @@ from services.api.vector.v1 import vector_pb2
 from services.vector.chunking import chunk_text
 from services.vector.embeddings import MiniLmEmbedder
 from services.vector.indexing import document_text
-from simulations.launcher import Launcher, isolated_launcher, process_tree
+from simulations.launcher import Launcher, isolated_launcher
 from simulations.profiles import profile
 
 K = "knowledge.v1.KnowledgeService"
@@ -73,12 +73,13 @@ def floor(notes: Sequence[str], chunks: Sequence[str], batch_sizes: Sequence[int
     """Print chunks/s and tokens/s per batch size and thread count, measured in this process."""
     print("the floor: all-MiniLM-L6-v2 alone in this process, texts embedded back to back")
     print(f"  {'texts':<22} {'tokens':>6} {'threads':>7} " + " ".join(f"{f'batch {b}':>18}" for b in batch_sizes))
+    models = {threads: MiniLmEmbedder(threads=threads) for threads in (1, 2)}
     for label, texts in (("notes (title + para)", notes), ("full chunks (~700 ch)", chunks)):
-        for threads in (1, 2):
-            cells, tokens = [], 0.0
+        tokens = statistics.mean(models[1].token_count(text) for text in texts)
+        for threads, model in models.items():
+            cells = []
             for batch_size in batch_sizes:
-                model = MiniLmEmbedder(threads=threads, batch_size=batch_size)
-                tokens = statistics.mean(model.token_count(text) for text in texts)
+                model.batch_size = batch_size
                 model.embed_sync(texts[:batch_size])  # warm up
                 began = time.perf_counter()
                 model.embed_sync(texts)
@@ -250,8 +251,7 @@ async def drive(stage: Stage, load: MixedLoad, faker: Faker, launcher: Launcher)
     """The load, open loop, then the wait until everything written is searchable. Every search
     asks something new (a repeated query would measure a cache, not the model)."""
     endpoints = {name: dict(r.component.endpoints()) for name, r in launcher.running.items()}
-    groups = {name: process_tree(running.process.pid) for name, running in launcher.running.items()}
-    groups["bench client"] = [psutil.Process()]
+    groups = stack_processes(launcher)
     measured = Measured(load)
     written = [note(faker, load.sentences_per_note) for _ in range(int(load.writes_per_s * load.seconds))]
     queries = [faker.sentence(nb_words=random.randint(3, 7)) for _ in range(int(load.searches_per_s * load.seconds))]

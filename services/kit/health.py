@@ -85,10 +85,10 @@ class DependencyMonitor:
         """Probe once; report a change of state."""
         with untraced():
             down = await unavailable(self.dependencies, self.timeout_s)
-        if bool(down) == bool(self.down):
-            self.down = down
-            return
+        changed = bool(down) != bool(self.down)
         self.down = down
+        if not changed:
+            return
         if down:
             log.warning("NOT_SERVING: %s unavailable", ", ".join(down))
         else:

@@ -396,10 +396,13 @@ class BuiltServer:
 
     async def set_accepting(self, accepting: bool) -> None:
         self.accepting = accepting
-        await self.set_serving(self.accepting and self.dependencies_up)
+        await self._publish()
 
     async def set_dependencies_up(self, up: bool) -> None:
         self.dependencies_up = up
+        await self._publish()
+
+    async def _publish(self) -> None:
         await self.set_serving(self.accepting and self.dependencies_up)
 
 

@@ -174,7 +174,7 @@ class MiniLmEmbedder:
     [CLS]/[SEP], truncation at ``max_tokens`` word pieces (256, the model's own limit: text past
     it is not seen), mean pooling of the last hidden state over the attention mask, L2
     normalisation. Texts are embedded in batches of ``batch_size``, sorted by length first so a
-    batch pads little, each batch in a worker thread. With ``threads=1`` (the default) a call
+    batch pads little; ``embed`` runs them in a worker thread. With ``threads=1`` (the default) a call
     computes on the thread that makes it, so calls run side by side: a query embedded while a
     bulk batch runs takes the other core instead of queueing behind the batch, and the bulk path
     (:class:`BatchingEmbedder`, one call at a time) never takes more than one core. More threads
@@ -236,13 +236,7 @@ class MiniLmEmbedder:
         return [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
-        texts = list(texts)
-        result: list[list[float]] = [[] for _ in texts]
-        for batch in self._batches(texts):
-            vectors = await asyncio.to_thread(self._embed_batch, [texts[i] for i in batch])
-            for i, vector in zip(batch, vectors.tolist(), strict=True):
-                result[i] = vector
-        return result
+        return await asyncio.to_thread(self.embed_sync, list(texts))
 
     def embed_sync(self, texts: Sequence[str]) -> Vectors:
         """The same as :meth:`embed`, on the calling thread."""
@@ -294,10 +288,10 @@ class BatchingEmbedder:
     (at most ``max_texts``, whole calls only); a call that finds nothing running starts at once,
     so batching never adds a timer's delay. One call at a time bounds the share of the cores the
     bulk path takes (with a one-thread model, one core), and batching across documents pays a
-    model call's fixed cost once for many short texts. The thread runs ``niceness`` nicer than the process (Linux):
-    when the cores are contended, searches, their query embeddings and the other services go
-    first and the bulk work takes what is left, all of it when they are idle. Queries must not
-    come through here: they would wait behind a bulk batch.
+    model call's fixed cost once for many short texts. The thread runs ``niceness`` nicer than
+    the process (Linux): when the cores are contended, searches, their query embeddings and the
+    other services go first and the bulk work takes what is left, all of it when they are idle.
+    Queries must not come through here: they would wait behind a bulk batch.
     """
 
     def __init__(self, inner: SyncEmbedder, *, max_texts: int = 64, niceness: int = 10) -> None:
