@@ -2,8 +2,9 @@
 
     trace TRACE_ID                      one trace as a tree, with durations and status
     services [--since 15m]              who calls whom: edges with call counts and error rates
-    latency [--since 15m] [--by-span] [--service NAME]
-                                        p50/p90/p99 per service (or per span name)
+    latency [--since 15m] [--by-span] [--service NAME] [--root NAME]
+                                        p50/p90/p99 per service (or per span name), of
+                                        every trace or of those whose root span is NAME
     slowest [--since 15m] [--limit 10]  the slowest requests (root spans)
     errors [--since 15m] [--limit 20]   error spans, newest first
     broken [--since 15m]                spans whose parent never arrived
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "latency":
             command.add_argument("--by-span", action="store_true")
             command.add_argument("--service")
+            command.add_argument("--root", help="only traces whose root span has this name")
     return parser
 
 
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "services":
         print(render_edges(store.dependencies(args.since)))
     elif args.command == "latency":
-        print(render_latency(store.latency(args.since, by_span=args.by_span, service=args.service)))
+        print(render_latency(store.latency(args.since, by_span=args.by_span, service=args.service, root=args.root)))
     elif args.command == "slowest":
         print(render_spans(store.slowest(args.since, args.limit), "no requests in this window"))
     elif args.command == "errors":

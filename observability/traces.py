@@ -258,7 +258,11 @@ class TraceStore:
         """
         return [Edge(r[0], r[1], int(r[2]), int(r[3])) for r in self._rows(sql, {"w": window_s})]
 
-    def latency(self, window_s: int = 900, by_span: bool = False, service: str | None = None) -> list[Latency]:
+    def latency(
+        self, window_s: int = 900, by_span: bool = False, service: str | None = None, root: str | None = None
+    ) -> list[Latency]:
+        """Percentiles per service (or per span name); with `root`, only the spans of traces
+        whose root span has that name: where one kind of request spends its time."""
         name = "SpanName" if by_span else "''"
         sql = f"""
             SELECT ServiceName, {name} AS name, count(),
@@ -266,10 +270,14 @@ class TraceStore:
             FROM {TABLE}
             WHERE Timestamp >= now64(9) - INTERVAL %(w)s SECOND
               AND (%(service)s = '' OR ServiceName = %(service)s)
+              AND (%(root)s = '' OR TraceId IN (
+                  SELECT TraceId FROM {TABLE}
+                  WHERE Timestamp >= now64(9) - INTERVAL %(w)s SECOND
+                    AND ParentSpanId = '' AND SpanName = %(root)s))
             GROUP BY ServiceName, name
             ORDER BY q[3] DESC
         """
-        rows = self._rows(sql, {"w": window_s, "service": service or ""})
+        rows = self._rows(sql, {"w": window_s, "service": service or "", "root": root or ""})
         return [
             Latency(r[0], r[1], int(r[2]), r[3][0] / 1e6, r[3][1] / 1e6, r[3][2] / 1e6, int(r[4]) / 1e6) for r in rows
         ]

@@ -44,7 +44,7 @@ PROFILES: dict[str, Profile] = {
         Profile("lifecycle-busy-port", 1300, ("postgres", "redis")),
         Profile("receiver", 1400, ("otlp",)),
         Profile("vector-restart", 1500, ("auth", "knowledge", "vector"), LEXICAL),
-        Profile("bench-search", 1600, ("envoy",), {**LEXICAL, "KP_TRACE_SAMPLE_RATIO": "0.02"}),
+        Profile("bench-search", 1600, ("envoy",), {**LEXICAL, "KP_TRACE_SAMPLE_RATIO": "0.1"}),
         # The default configuration (all-MiniLM-L6-v2, every span traced): the mixed case measures it.
         Profile("bench-search-mixed", 1900, ("envoy",)),
         Profile("quiet-traces", 1800, ("otlp", "auth", "knowledge")),

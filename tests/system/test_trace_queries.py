@@ -213,6 +213,14 @@ def test_latency_per_span(system: System, store: TraceStore) -> None:
     assert (c["Orphaned"].count, c["Orphaned"].p99_ms) == (1, 50)
 
 
+def test_latency_of_one_kind_of_request(system: System, store: TraceStore) -> None:
+    """With a root name, only the spans of those traces count: the orphan of C (in another
+    trace) drops out, both of C's queries stay."""
+    rows = store.latency(WINDOW_S, by_span=True, service=system.c, root="GET /checkout")
+    assert {row.span_name: row.count for row in rows} == {"Query": 2}
+    assert store.latency(WINDOW_S, by_span=True, service=system.c, root="GET /nothing-of-this-name") == []
+
+
 def test_latency_per_service(system: System, store: TraceStore) -> None:
     (row,) = store.latency(WINDOW_S, service=system.c)
     assert (row.service, row.span_name, row.count, row.max_ms) == (system.c, "", 3, 300)
