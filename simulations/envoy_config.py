@@ -77,6 +77,9 @@ class Upstream:
     grpc_services: Sequence[str]  # fully qualified, e.g. "auth.v1.AuthService"
     websocket_port: int | None = None  # on the same host
     websocket_path: str = ""  # e.g. "/v1/chat/ws"; required with websocket_port
+    # More instances of the same service on the same host: (gRPC port, WebSocket port), each
+    # load-balanced with the first.
+    replicas: Sequence[tuple[int, int | None]] = ()
 
     def __post_init__(self) -> None:
         if self.websocket_port is not None and not self.websocket_path.startswith("/"):
@@ -85,6 +88,14 @@ class Upstream:
     @property
     def websocket_cluster(self) -> str:
         return f"{self.name}_websocket"
+
+    @property
+    def grpc_ports(self) -> list[int]:
+        return [self.port, *(grpc for grpc, _ in self.replicas)]
+
+    @property
+    def websocket_ports(self) -> list[int]:
+        return [port for port in (self.websocket_port, *(ws for _, ws in self.replicas)) if port is not None]
 
 
 @dataclass(frozen=True)
@@ -162,9 +173,9 @@ def streaming_methods(descriptor_set: bytes) -> list[str]:
 
 def build_config(settings: EnvoySettings) -> dict[str, Any]:
     breakers = circuit_breakers(settings.limits)
-    clusters = [{**grpc_cluster(u.name, u.host, u.port), **breakers} for u in settings.upstreams]
+    clusters = [{**grpc_cluster(u.name, u.host, *u.grpc_ports), **breakers} for u in settings.upstreams]
     clusters += [
-        {**http_cluster(u.websocket_cluster, u.host, u.websocket_port), **breakers}
+        {**http_cluster(u.websocket_cluster, u.host, *u.websocket_ports), **breakers}
         for u in settings.upstreams
         if u.websocket_port is not None
     ]
@@ -656,11 +667,12 @@ def access_log() -> dict[str, Any]:
     }
 
 
-def grpc_cluster(name: str, host: str, port: int) -> dict[str, Any]:
-    """HTTP/2 to a gRPC server; a connection carries at most as many streams as the kit's
-    servers accept on one, so Envoy opens another instead of having streams refused."""
+def grpc_cluster(name: str, host: str, *ports: int) -> dict[str, Any]:
+    """HTTP/2 to a gRPC server (or to each of its instances); a connection carries at most as
+    many streams as the kit's servers accept on one, so Envoy opens another instead of having
+    streams refused."""
     return {
-        **http_cluster(name, host, port),
+        **http_cluster(name, host, *ports),
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -672,7 +684,9 @@ def grpc_cluster(name: str, host: str, port: int) -> dict[str, Any]:
     }
 
 
-def http_cluster(name: str, host: str, port: int) -> dict[str, Any]:
+def http_cluster(name: str, host: str, *ports: int) -> dict[str, Any]:
+    """A cluster of one or more instances, round robin. Under Compose the host is a service
+    name, resolved to every replica's address."""
     return {
         "name": name,
         # Natively upstreams are IP addresses; under Compose they are container names.
@@ -680,7 +694,9 @@ def http_cluster(name: str, host: str, port: int) -> dict[str, Any]:
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(host, port)}}]}],
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": socket_address(host, port)}} for port in ports]}
+            ],
         },
     }
 

@@ -18,6 +18,8 @@ from simulations.components.postgres import PostgreSQL
 from simulations.components.redis import Redis
 from simulations.components.service import (
     AuthService,
+    CanvasReplica,
+    CanvasService,
     ChatService,
     KnowledgeService,
     ServiceComponent,
@@ -58,7 +60,14 @@ INTERNAL_METHODS = (
 )
 
 # The platform's services, as they are built.
-SERVICES: tuple[type[ServiceComponent], ...] = (AuthService, KnowledgeService, VectorService, ChatService)
+SERVICES: tuple[type[ServiceComponent], ...] = (
+    AuthService,
+    KnowledgeService,
+    VectorService,
+    ChatService,
+    CanvasService,
+    CanvasReplica,
+)
 
 
 class Gateway(Envoy):

@@ -3,12 +3,10 @@ the WebSocket endpoint and the outbox relay."""
 
 from __future__ import annotations
 
-import logging
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from websockets.asyncio.server import Server
 
 from services.api.chat.v1 import chat_pb2_grpc
 from services.chat import VERSION
@@ -17,7 +15,7 @@ from services.chat.peers import KnowledgeAccess, VectorSearch
 from services.chat.repository import ChatRepository
 from services.chat.server import PUBLIC_METHODS, SERVICE_NAME, ChatServer
 from services.chat.service import ChatService
-from services.chat.websocket import WS_PATH, ChatProtocol
+from services.chat.websocket import ChatProtocol
 from services.kit import app
 from services.kit.access import AccessEpochs
 from services.kit.clients import service_channel
@@ -27,7 +25,6 @@ from services.kit.settings import ServiceSettings
 from services.kit.websocket import WebSocketBridge
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-log = logging.getLogger("services.chat")
 
 
 class ChatSettings(ServiceSettings):
@@ -65,11 +62,7 @@ async def build(settings: ChatSettings, resources: AsyncExitStack) -> app.Applic
     # One set of verifiers (and one JWKS cache) for both ways in.
     verifiers = app.platform_verifiers(settings)
     bridge = WebSocketBridge(ChatProtocol(service, verifiers.users.leeway_s), verifiers.users)
-    websocket = await bridge.open_server(settings.grpc_host, settings.ws_port)
-    resources.push_async_callback(close_websocket, websocket)
-    # The library logs every connection at INFO; the endpoint's own spans already record them.
-    logging.getLogger("websockets").setLevel(logging.WARNING)
-    log.info("chat WebSocket endpoint at ws://%s:%d%s", settings.grpc_host, settings.ws_port, WS_PATH)
+    websocket = await bridge.open_in(resources, settings.grpc_host, settings.ws_port)
     spec = ServiceSpec(
         name="chat",
         version=VERSION,
@@ -85,12 +78,6 @@ async def build(settings: ChatSettings, resources: AsyncExitStack) -> app.Applic
         background=[relay.run, websocket.serve_forever],
         dependencies=[store.dependency, redis_dependency(redis)],
     )
-
-
-async def close_websocket(server: Server) -> None:
-    """Close the WebSocket server even if its loop never ran (a start-up that failed later)."""
-    server.close()
-    await server.wait_closed()
 
 
 def main() -> None:

@@ -66,11 +66,11 @@ class KnowledgeAccess:
     async def readable_spaces(self, user_id: str) -> set[str]:
         return set(await self.cache.readable(user_id))
 
-    async def _readable(self, user_id: str) -> list[str]:
+    async def _readable(self, user_id: str) -> dict[str, int]:
         request = knowledge_pb2.ListAccessibleSpacesRequest(user_id=user_id, minimum_role=knowledge_pb2.ROLE_VIEWER)
         with calling(self.PEER):
             reply = await self.stub.ListAccessibleSpaces(request)
-        return [space.space_id for space in reply.spaces]
+        return {space.space_id: space.role for space in reply.spaces}
 
 
 class VectorSearch:

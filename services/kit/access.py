@@ -1,5 +1,5 @@
-"""Which spaces a user can read: the knowledge service's answer, cached per user, and never
-stale once a membership change has returned.
+"""Which spaces a user can read, and with which role: the knowledge service's answer, cached
+per user, and never stale once a membership change has returned.
 
 The knowledge service is the authority (ListAccessibleSpaces); services that filter by space
 on every request (search, and later canvas, activity, notifications) cache its answer here.
@@ -20,16 +20,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+import grpc
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from services.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
+
 log = logging.getLogger("services.kit.access")
 
-FetchReadable = Callable[[str], Awaitable[list[str]]]
+# A user's spaces and their role in each (the knowledge proto's Role numbers: viewer 1,
+# editor 2, owner 3), as ListAccessibleSpaces answers with minimum_role viewer.
+FetchRoles = Callable[[str], Awaitable[Mapping[str, int]]]
 
 EPOCH_KEY = "access-epoch:{user_id}"
 # Far longer than any cached answer lives: an epoch key that expired can only make a cache refetch.
@@ -77,15 +82,28 @@ class EpochSource(Protocol):
 
 @dataclass(frozen=True)
 class CachedAccess:
-    space_ids: tuple[str, ...]
+    roles: Mapping[str, int]
+    space_ids: tuple[str, ...]  # the keys of `roles`, sorted
     epoch: int
     fetched_at: float
+
+
+def roles_in_knowledge(channel: grpc.aio.Channel) -> FetchRoles:
+    """The fetch of an access cache: the knowledge service's internal ListAccessibleSpaces,
+    over a service channel (one that shows this service's identity)."""
+    stub = knowledge_pb2_grpc.KnowledgeServiceStub(channel)
+
+    async def fetch(user_id: str) -> dict[str, int]:
+        request = knowledge_pb2.ListAccessibleSpacesRequest(user_id=user_id, minimum_role=knowledge_pb2.ROLE_VIEWER)
+        return {space.space_id: space.role for space in (await stub.ListAccessibleSpaces(request)).spaces}
+
+    return fetch
 
 
 class AccessCache:
     def __init__(
         self,
-        fetch: FetchReadable,
+        fetch: FetchRoles,
         epochs: EpochSource,
         ttl_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
@@ -99,18 +117,27 @@ class AccessCache:
         self.misses = 0
 
     async def readable(self, user_id: str) -> tuple[str, ...]:
+        """The spaces the user can read, sorted."""
+        return (await self._entry(user_id)).space_ids
+
+    async def role(self, user_id: str, space_id: str) -> int:
+        """The user's role in the space (Role numbers), 0 when they are not a member."""
+        return (await self._entry(user_id)).roles.get(space_id, 0)
+
+    async def _entry(self, user_id: str) -> CachedAccess:
         epoch = await self.epochs.current(user_id)
         entry = self._entries.get(user_id)
         if entry is not None and entry.epoch == epoch and self.clock() - entry.fetched_at < self.ttl_s:
             self.hits += 1
-            return entry.space_ids
+            return entry
         self.misses += 1
-        space_ids = tuple(sorted(await self.fetch(user_id)))
+        roles = dict(await self.fetch(user_id))
+        fetched = CachedAccess(roles, tuple(sorted(roles)), epoch or 0, self.clock())
         if epoch is None:
             self._entries.pop(user_id, None)  # unverifiable: not kept
         else:
-            self._entries[user_id] = CachedAccess(space_ids, epoch, self.clock())
-        return space_ids
+            self._entries[user_id] = fetched
+        return fetched
 
     def forget(self, user_id: str) -> None:
         """A membership event about the user: drop the entry without waiting for a lookup."""

@@ -80,6 +80,7 @@ async def run(build: Build[SettingsT], settings: SettingsT, version: str) -> Non
             otlp_endpoint=settings.otlp_endpoint,
             sample_ratio=settings.trace_sample_ratio,
             enabled=settings.tracing_enabled,
+            instance=settings.instance,
         )
     )
     try:

@@ -35,6 +35,7 @@ class Principal:
     token_id: str
     expires_at: int
     raw_token: str  # forwarded to services called on the caller's behalf
+    name: str = ""  # the display name the token carries (its `name` claim)
 
 
 _current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("current_principal", default=None)
@@ -159,6 +160,7 @@ class TokenVerifier:
             token_id=str(claims.get("jti", "")),
             expires_at=int(claims["exp"]),
             raw_token=token,
+            name=str(claims.get("name", "")),
         )
 
 

@@ -22,6 +22,8 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KP_", extra="ignore")
 
     service_name: str = "unnamed"
+    # Which instance of the service this is, when several run (e.g. "canvas-2"); for traces.
+    instance: str = ""
     environment: str = "local"
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 0
@@ -36,7 +38,11 @@ class ServiceSettings(BaseSettings):
     postgres_socket_dir: str = ""
     redis_url: str = "redis://127.0.0.1:16379/0"
     kafka_bootstrap: str = "127.0.0.1:19092"
+    # The DynamoDB endpoint (empty: AWS itself, with the region and credentials below).
     dynamodb_url: str = "http://127.0.0.1:18000"
+    dynamodb_region: str = "us-east-1"
+    aws_access_key_id: SecretStr = SecretStr("local")
+    aws_secret_access_key: SecretStr = SecretStr("local")
     clickhouse_url: str = "http://127.0.0.1:18123"
     smtp_address: str = "127.0.0.1:11025"
 

@@ -40,6 +40,7 @@ class TelemetrySettings:
     environment: str
     otlp_endpoint: str  # host:port of an OTLP/gRPC receiver
     sample_ratio: float = 1.0
+    instance: str = ""  # which of a service's instances (service.instance.id), when it runs several
     enabled: bool = True
 
 
@@ -49,6 +50,7 @@ def resource_for(settings: TelemetrySettings) -> Resource:
             "service.name": settings.service_name,
             "service.version": settings.service_version,
             "deployment.environment": settings.environment,
+            **({"service.instance.id": settings.instance} if settings.instance else {}),
         }
     )
 

@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack
 from http import HTTPStatus
 from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -54,6 +55,23 @@ _tracer = trace.get_tracer("services.kit.websocket")
 TOKEN_QUERY_PARAMETER = "access_token"
 TOKEN_SUBPROTOCOL_PREFIX = "access_token."  # the rest of the offered subprotocol is the token
 CLOSE_UNAUTHENTICATED = 4401
+# A session ended by a status closes its socket with 4000 + the HTTP status Envoy gives that
+# gRPC code (4403: permission denied, 4429: fell behind, ...), the reason naming the code.
+HTTP_STATUS_OF_CODE = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_POLICY = 1008  # RFC 6455: a message (here: a client's pace) the endpoint will not accept
 CLOSE_REASON_MAX_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
@@ -181,6 +199,11 @@ def missing_token(subprotocol: str) -> str:
     )
 
 
+def close_code_for(code: grpc.StatusCode) -> int:
+    """The close code of a socket whose session ended with this gRPC status."""
+    return 4000 + HTTP_STATUS_OF_CODE.get(code, 500)
+
+
 def close_reason(text: str) -> str:
     """The text cut to fit a close frame (whole characters only)."""
     encoded = text.encode()
@@ -283,6 +306,16 @@ class WebSocketBridge:
             record_outcome(span, grpc.StatusCode.OK)
             return principal
 
+    async def open_in(self, resources: AsyncExitStack, host: str, port: int) -> Server:
+        """`open_server`, closed with `resources` (even if its loop never ran: a start-up
+        that failed later); run its `serve_forever` as a background loop."""
+        server = await self.open_server(host, port)
+        resources.push_async_callback(close_server, server)
+        # The library logs every connection at INFO; the endpoint's own spans already record them.
+        logging.getLogger("websockets").setLevel(logging.WARNING)
+        log.info("WebSocket endpoint at ws://%s:%d%s", host, port, self.protocol.path)
+        return server
+
     async def open_server(self, host: str, port: int) -> Server:
         """The bridge's server, bound (a taken port fails here, at start-up) but not yet
         accepting: `serve_forever` starts accepting and, when cancelled, closes every socket."""
@@ -304,3 +337,8 @@ class WebSocketBridge:
             raise OSError(
                 f"WebSocket {self.protocol.path}: cannot listen on {host}:{port} (port in use?): {error}"
             ) from error
+
+
+async def close_server(server: Server) -> None:
+    server.close()
+    await server.wait_closed()

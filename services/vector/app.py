@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from services.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from services.api.vector.v1 import vector_pb2_grpc
 from services.kit import app
-from services.kit.access import AccessCache, AccessEpochs
+from services.kit.access import AccessCache, AccessEpochs, roles_in_knowledge
 from services.kit.clients import service_channel
 from services.kit.consumer import EventConsumer, RedisIdempotency
 from services.kit.events import topic_for
@@ -106,12 +106,7 @@ async def build(settings: VectorSettings, resources: AsyncExitStack) -> app.Appl
     )
     resources.push_async_callback(knowledge_channel.close)
     knowledge = knowledge_pb2_grpc.KnowledgeServiceStub(knowledge_channel)
-
-    async def readable_spaces(user_id: str) -> list[str]:
-        request = knowledge_pb2.ListAccessibleSpacesRequest(user_id=user_id, minimum_role=knowledge_pb2.ROLE_VIEWER)
-        return [space.space_id for space in (await knowledge.ListAccessibleSpaces(request)).spaces]
-
-    access = AccessCache(readable_spaces, AccessEpochs(redis), ttl_s=settings.access_cache_ttl_s)
+    access = AccessCache(roles_in_knowledge(knowledge_channel), AccessEpochs(redis), ttl_s=settings.access_cache_ttl_s)
     # Shared batches on a yielding thread pay off for a model whose calls cost milliseconds; the
     # lexical embedder's microseconds are cheaper on the event loop than a hop to a thread.
     bulk_embedder: Embedder = embedder

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -47,23 +48,27 @@ def split_list(value: str) -> list[str]:
 def upstreams_from(endpoints_of: dict[str, dict[str, str]]) -> list[Upstream]:
     """Every component that announces a gRPC endpoint becomes an upstream; those that also
     announce `grpc_services` (services of our contracts) get routes by service name, and those
-    that announce a `ws` endpoint (with its `ws_path`) get their WebSocket path routed."""
-    upstreams = []
+    that announce a `ws` endpoint (with its `ws_path`) get their WebSocket path routed. A
+    component that announces `replica_of` joins that upstream as one more instance."""
+    upstreams: dict[str, Upstream] = {}
+    replicas: dict[str, list[tuple[int, int | None]]] = {}
     for name, endpoints in sorted(endpoints_of.items()):
-        if "grpc" in endpoints:
-            host, port = endpoints["grpc"].rsplit(":", 1)
-            websocket_port = int(endpoints["ws"].rsplit(":", 1)[1]) if "ws" in endpoints else None
-            upstreams.append(
-                Upstream(
-                    name,
-                    host,
-                    int(port),
-                    split_list(endpoints.get("grpc_services", "")),
-                    websocket_port=websocket_port,
-                    websocket_path=endpoints.get("ws_path", ""),
-                )
-            )
-    return upstreams
+        if "grpc" not in endpoints:
+            continue
+        host, port = endpoints["grpc"].rsplit(":", 1)
+        websocket_port = int(endpoints["ws"].rsplit(":", 1)[1]) if "ws" in endpoints else None
+        if endpoints.get("replica_of"):
+            replicas.setdefault(endpoints["replica_of"], []).append((int(port), websocket_port))
+            continue
+        upstreams[name] = Upstream(
+            name,
+            host,
+            int(port),
+            split_list(endpoints.get("grpc_services", "")),
+            websocket_port=websocket_port,
+            websocket_path=endpoints.get("ws_path", ""),
+        )
+    return [replace(upstream, replicas=tuple(replicas.get(name, ()))) for name, upstream in upstreams.items()]
 
 
 class Envoy(Component):

@@ -48,17 +48,26 @@ class ServiceComponent(Component):
     websocket_path: ClassVar[str] = ""
     # The auth service checks other services' credentials, so it holds the secret they derive from.
     holds_platform_secret: ClassVar[bool] = False
+    # A second instance of a service names the first: it runs the same module, as the same
+    # service (name, credential, traces), and Envoy balances between them.
+    replica_of: ClassVar[str] = ""
     start_timeout_s = 60.0
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
-        SERVICES[cls.name] = cls
+        if not cls.replica_of:
+            SERVICES[cls.name] = cls
+
+    @property
+    def service(self) -> str:
+        """The service this component runs (its own name, or the one it is a replica of)."""
+        return self.replica_of or self.name
 
     def launch(self) -> Launch:
-        return Launch(argv=[sys.executable, "-m", f"services.{self.name}"], env=self.environment())
+        return Launch(argv=[sys.executable, "-m", f"services.{self.service}"], env=self.environment())
 
     def environment(self) -> dict[str, str]:
-        env = {"KP_SERVICE_NAME": self.name}
+        env = {"KP_SERVICE_NAME": self.service, "KP_INSTANCE": self.name}
         # Every port the service listens on: role "grpc" → KP_GRPC_PORT, "ws" → KP_WS_PORT, ...
         env.update({port_setting(role): str(port) for role, port in self.ctx.ports.items()})
         for (component, endpoint), variable in STORE_SETTINGS.items():
@@ -70,7 +79,7 @@ class ServiceComponent(Component):
         # the topology, like a peer's, and spans wait in the exporter until it answers.
         env["KP_OTLP_ENDPOINT"] = f"127.0.0.1:{resolve_ports(OtlpReceiver)['grpc']}"
         env["KP_DATA_DIR"] = str(self.ctx.data_dir)  # the service's own folder in the run directory
-        env.update(identity_settings(self.name, self.ctx.platform_secret, holds_secret=self.holds_platform_secret))
+        env.update(identity_settings(self.service, self.ctx.platform_secret, holds_secret=self.holds_platform_secret))
         return env
 
     async def probe(self) -> None:
@@ -87,6 +96,8 @@ class ServiceComponent(Component):
         endpoints = {"grpc": f"127.0.0.1:{self.ctx.port('grpc')}", "grpc_services": ",".join(self.grpc_services)}
         if "ws" in self.ctx.ports:
             endpoints |= {"ws": f"127.0.0.1:{self.ctx.port('ws')}", "ws_path": self.websocket_path}
+        if self.replica_of:
+            endpoints["replica_of"] = self.replica_of
         return endpoints
 
 
@@ -148,3 +159,20 @@ class ChatService(ServiceComponent):
     depends_on = ("postgres", "redis", "kafka")
     grpc_services = ("chat.v1.ChatService",)
     websocket_path = "/v1/chat/ws"
+
+
+class CanvasService(ServiceComponent):
+    """Two instances run (this and CanvasReplica): collaboration is shown working across
+    processes, through Redis, not only inside one."""
+
+    name = "canvas"
+    default_ports = {"grpc": 15055, "ws": 15065}
+    depends_on = ("dynamodb", "redis", "kafka")
+    grpc_services = ("canvas.v1.CanvasService",)
+    websocket_path = "/v1/canvas/ws"
+
+
+class CanvasReplica(CanvasService):
+    name = "canvas-2"
+    default_ports = {"grpc": 15056, "ws": 15066}
+    replica_of = "canvas"

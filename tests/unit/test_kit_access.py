@@ -10,6 +10,7 @@ import uuid
 from services.kit.access import AccessCache
 
 A, B = str(uuid.uuid4()), str(uuid.uuid4())
+VIEWER, EDITOR = 1, 2
 
 
 class Fetcher:
@@ -17,12 +18,14 @@ class Fetcher:
 
     def __init__(self) -> None:
         self.answers = {"u": [A]}
+        self.editor_of: dict[str, int] = {}
         self.calls = 0
         self.gate: asyncio.Event | None = None
 
-    async def __call__(self, user_id: str) -> list[str]:
+    async def __call__(self, user_id: str) -> dict[str, int]:
         self.calls += 1
-        answer = list(self.answers[user_id])
+        answer = dict.fromkeys(self.answers[user_id], VIEWER)
+        answer.update(self.editor_of)
         if self.gate is not None:
             await self.gate.wait()
         return answer
@@ -99,3 +102,19 @@ async def test_a_fetch_that_raced_a_change_is_not_trusted_afterwards() -> None:
     assert await slow == (A,)  # that caller sees what was true when it asked...
     fetcher.gate = None
     assert await cache.readable("u") == ()  # ...but the answer was stored at the old epoch
+
+
+async def test_roles_are_cached_with_the_spaces() -> None:
+    fetcher, epochs = Fetcher(), Epochs()
+    fetcher.editor_of = {B: EDITOR}
+    cache = AccessCache(fetcher, epochs, ttl_s=60)
+    assert (await cache.role("u", A), await cache.role("u", B), await cache.role("u", "elsewhere")) == (
+        VIEWER,
+        EDITOR,
+        0,
+    )
+    assert await cache.readable("u") == tuple(sorted([A, B]))
+    assert fetcher.calls == 1
+    fetcher.editor_of = {}  # demoted out of B...
+    epochs.bump("u")  # ...which bumps the epoch
+    assert await cache.role("u", B) == 0

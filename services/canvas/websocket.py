@@ -1,0 +1,82 @@
+"""The canvas service's WebSocket endpoint: Collaborate for browsers.
+
+`ws://<host>:<ws_port>/v1/canvas/ws` (through Envoy: the same path on the edge listener),
+served by the kit's bridge (services.kit.websocket: authentication by header, by the offered
+subprotocol `access_token.<token>` beside `kp.canvas.v1`, or by the `access_token` query
+parameter; keepalive; frame limits; a bounded send queue, closing a client that falls behind
+with 1008).
+
+Every frame is one message of canvas.proto in its proto3 JSON form: the client sends
+CollaborateRequest messages (`{"join": {"spaceId": "..."}}`, `{"clientRequestId": "m1",
+"moveNode": {...}}`, ...) and receives CollaborateResponse messages, with exactly the
+semantics of the gRPC Collaborate stream (the same session code serves both). A frame that is
+not a valid CollaborateRequest is answered with `rejected` (INVALID_ARGUMENT) once the session
+has joined; before that, it ends the session like a bad `join`. Where the gRPC stream ends
+with a status, the socket closes with 4000 + the HTTP status of that code (4400 bad join,
+4401 token expired, 4403 not or no longer a member, 4429 fell behind) and the reason
+"<CODE>: <message>".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from services.api.canvas.v1 import canvas_pb2
+from services.canvas.collaboration import Hub, Session, rejected
+from services.canvas.service import CanvasService
+from services.kit.auth import Principal, set_principal
+from services.kit.errors import InvalidArgument, status_for
+from services.kit.websocket import Socket, close_code_for, parse_proto_frame, proto_frame
+
+WS_PATH = "/v1/canvas/ws"
+CANVAS_SUBPROTOCOL = "kp.canvas.v1"
+CLOSE_NORMAL = 1000
+
+
+class CanvasProtocol:
+    """The canvas protocol, as the kit's WebSocket bridge serves it."""
+
+    path = WS_PATH
+    subprotocol = CANVAS_SUBPROTOCOL
+
+    def __init__(self, service: CanvasService, hub: Hub, leeway_s: int) -> None:
+        self.service = service
+        self.hub = hub
+        self.leeway_s = leeway_s
+
+    async def session(self, socket: Socket, principal: Principal) -> None:
+        set_principal(principal)
+        session = Session(self.hub, self.service, principal, self.leeway_s)
+        sender = asyncio.create_task(send_all(session, socket))
+        try:
+            await session.run(requests(socket, session))
+        finally:
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+            await session.close()
+
+
+async def requests(socket: Socket, session: Session) -> AsyncIterator[canvas_pb2.CollaborateRequest]:
+    """The client's frames as requests; a malformed one is rejected once the session joined."""
+    async for raw in socket.frames():
+        try:
+            yield parse_proto_frame(raw, canvas_pb2.CollaborateRequest)
+        except InvalidArgument as error:
+            if not session.space_id:
+                raise
+            session.emit(rejected("", error))
+
+
+async def send_all(session: Session, socket: Socket) -> None:
+    """Send the session's messages; close the socket the way the session ended."""
+    async for response in session.responses():
+        socket.send(proto_frame(response))
+    await socket.drain()
+    failure = session.failure()
+    if failure is None:
+        await socket.close(CLOSE_NORMAL, "the session ended")
+        return
+    reply = status_for(failure)
+    await socket.close(close_code_for(reply.code), f"{reply.code.name}: {reply.message}")
