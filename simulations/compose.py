@@ -19,7 +19,7 @@ import yaml
 
 from services.kit.settings import JWT_AUDIENCE, JWT_ISSUER
 from simulations.components.envoy import DESCRIPTOR_SET
-from simulations.components.service import port_setting
+from simulations.components.service import ServiceComponent, port_setting
 from simulations.edge_lua import edge_lua_source
 from simulations.envoy_config import (
     TOKEN_QUERY_PARAMETER,
@@ -46,7 +46,8 @@ COMPOSE_SERVICE_OF = {
     "smtp": "mailpit",
     "otlp": "otel-collector",
     "envoy": "envoy",
-    **{service.name: service.name for service in SERVICES},
+    # A replica (canvas-2) is the same compose service, scaled (deploy.replicas).
+    **{service.name: service.replica_of or service.name for service in SERVICES},
 }
 
 # How a service in the compose network reaches each store (container names, container ports).
@@ -84,6 +85,15 @@ ENVOY_ADMIN_CONTAINER_PORT = 9901
 DESCRIPTOR_IN_CONTAINER = "/etc/envoy/platform.pb"
 
 
+def replicas_of(service: type[ServiceComponent]) -> list[type[ServiceComponent]]:
+    """The other instances the topology runs of a service (canvas: canvas-2)."""
+    return [other for other in SERVICES if other.replica_of == service.name]
+
+
+# One compose service per platform service; Envoy's DNS lookup of its name finds every replica.
+PRIMARY_SERVICES = tuple(service for service in SERVICES if not service.replica_of)
+
+
 def envoy_settings() -> EnvoySettings:
     descriptors = DESCRIPTOR_SET.read_bytes()
     services = [name for service in SERVICES for name in service.grpc_services]
@@ -101,7 +111,7 @@ def envoy_settings() -> EnvoySettings:
                 websocket_port=service.default_ports.get("ws"),
                 websocket_path=service.websocket_path,
             )
-            for service in SERVICES
+            for service in PRIMARY_SERVICES
         ],
         jwt=JwtSettings(
             issuer=JWT_ISSUER,
@@ -118,12 +128,26 @@ def envoy_settings() -> EnvoySettings:
     )
 
 
+def published_port(service: type[ServiceComponent], role: str) -> str:
+    """On 127.0.0.1, the port each native instance has (each movable by its variable): a
+    scaled service publishes the range from its first instance's port to its last's, and
+    docker gives each replica one of them."""
+    number = service.default_ports[role]
+    ends = [service, *replicas_of(service)]
+    first, last = (
+        f"${{{port_override_env(end.name, role)}:-{end.default_ports[role]}}}" for end in (ends[0], ends[-1])
+    )
+    host = first if len(ends) == 1 else f"{first}-{last}"
+    return f"127.0.0.1:{host}:{number}"
+
+
 def services_compose() -> dict[str, object]:
     """A compose file with one service per platform service, all from the project's image."""
-    peers = {f"KP_{s.name.upper()}_GRPC_TARGET": f"{s.name}:{s.default_ports['grpc']}" for s in SERVICES}
+    peers = {f"KP_{s.name.upper()}_GRPC_TARGET": f"{s.name}:{s.default_ports['grpc']}" for s in PRIMARY_SERVICES}
     services: dict[str, object] = {}
-    for index, service in enumerate(SERVICES):
+    for index, service in enumerate(PRIMARY_SERVICES):
         port = service.default_ports["grpc"]
+        replicas = 1 + len(replicas_of(service))
         services[service.name] = {
             "image": SERVICE_IMAGE,
             **({"build": {"context": "../.."}} if index == 0 else {}),
@@ -138,10 +162,8 @@ def services_compose() -> dict[str, object]:
                 **peers,
                 **COMPOSE_EXTRAS.get(service.name, {}).get("environment", {}),
             },
-            "ports": [
-                f"127.0.0.1:${{{port_override_env(service.name, role)}:-{number}}}:{number}"
-                for role, number in service.default_ports.items()
-            ],
+            "ports": [published_port(service, role) for role in service.default_ports],
+            **({"deploy": {"replicas": replicas}} if replicas > 1 else {}),
             "healthcheck": {
                 "test": ["CMD", "python", "-m", "services.kit.healthcheck", f"127.0.0.1:{port}"],
                 "interval": "2s",

@@ -694,9 +694,7 @@ def http_cluster(name: str, host: str, *ports: int) -> dict[str, Any]:
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": socket_address(host, port)}} for port in ports]}
-            ],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(host, port)}} for port in ports]}],
         },
     }
 

@@ -22,7 +22,7 @@ from services.kit import app
 from services.kit.access import AccessCache, AccessEpochs, roles_in_knowledge
 from services.kit.clients import service_channel
 from services.kit.dynamo import dynamodb_dependency, ensure_table, open_client
-from services.kit.dynamo_outbox import OUTBOX_INDEX, OUTBOX_INDEX_ATTRIBUTES, DynamoOutboxRelay
+from services.kit.dynamo_outbox import DynamoOutboxRelay, outbox_table
 from services.kit.health import redis_dependency
 from services.kit.kafka import EventProducer, new_producer
 from services.kit.server import ServiceSpec
@@ -43,7 +43,8 @@ class CanvasSettings(ServiceSettings):
 
 async def build(settings: CanvasSettings, resources: AsyncExitStack) -> app.Application:
     dynamodb = await open_client(settings, resources)
-    await ensure_table(dynamodb, settings.table, [OUTBOX_INDEX], OUTBOX_INDEX_ATTRIBUTES)
+    await ensure_table(dynamodb, settings.table)
+    await ensure_table(dynamodb, outbox_table(settings.table))
     kafka = new_producer(settings.kafka_bootstrap, client_id="canvas")
     await kafka.start()
     resources.push_async_callback(kafka.stop)

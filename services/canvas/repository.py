@@ -2,12 +2,13 @@
 
     pk SPACE#<space_id>  sk CANVAS             canvas_version, node_count
     pk SPACE#<space_id>  sk NODE#<node_id>     the node (version, position, ...)
-    pk SPACE#<space_id>  sk CHANGE#<version>   the change that made that canvas version, with
-                                               its event in the outbox; kept an hour (expiry)
+    pk SPACE#<space_id>  sk CHANGE#<version>   the change that made that canvas version; kept
+                                               an hour (expiry)
 
-Every accepted change is one TransactWriteItems of three writes: the counter (conditioned on
+Every accepted change is one TransactWriteItems of four writes: the counter (conditioned on
 the canvas version it was read at), the node (conditioned on its expected version, or on not
-existing yet) and the change item (conditioned on not existing). So two changes racing in one
+existing yet), the change item (conditioned on not existing) and its event, in the outbox
+table (services.kit.dynamo_outbox). So two changes racing in one
 space cannot both commit at the same canvas version: the loser is cancelled and retried, and
 the canvas version has no gaps. The change items double as the space's recent history: a
 session that missed a change reads it back from here (`changes`), and a snapshot taken while
@@ -25,7 +26,7 @@ from types_aiobotocore_dynamodb import DynamoDBClient
 
 from services.canvas.domain import Change, ChangeKind, Node
 from services.kit.dynamo import EXPIRY_ATTRIBUTE, cancellation_codes, from_wire, is_transaction_cancelled, to_wire
-from services.kit.dynamo_outbox import outbox_attributes
+from services.kit.dynamo_outbox import outbox_put
 from services.kit.events import EventEnvelope, topic_for
 
 COUNTER_SK = "CANVAS"
@@ -230,7 +231,6 @@ class CanvasRepository:
             "canvas_version": change.canvas_version,
             "client_request_id": change.client_request_id,
             EXPIRY_ATTRIBUTE: int(time.time()) + CHANGE_RETENTION_S,
-            **outbox_attributes(envelope, topic_for("canvas"), f"{space_id}#{change.canvas_version:012d}"),
         }
         record = {
             "Put": {
@@ -239,8 +239,9 @@ class CanvasRepository:
                 "ConditionExpression": "attribute_not_exists(pk)",
             }
         }
+        event = outbox_put(self.table, envelope, topic_for("canvas"), f"{space_id}#{change.canvas_version:012d}")
         try:
-            await self.client.transact_write_items(TransactItems=[counter, node_write, record])  # type: ignore[list-item]
+            await self.client.transact_write_items(TransactItems=[counter, node_write, record, event])  # type: ignore[list-item]
         except ClientError as error:
             if not is_transaction_cancelled(error):
                 raise

@@ -3,7 +3,10 @@
 Every change is computed from what the store holds now and committed with conditions
 (services.canvas.repository): when another change in the space won the race for the next
 canvas version the change is simply computed again; when the node itself changed, the caller
-is told (ABORTED with the node as it is, or NOT_FOUND). An accepted change is then broadcast to
+is told (ABORTED with the node as it is, or NOT_FOUND). Within one instance the changes of a
+space are committed one at a time: every change of a space contends for its one counter, and
+letting all of an instance's sessions race for it makes most attempts fail and retry, until
+the store does little but refuse them. So only the instances race, and rarely. An accepted change is then broadcast to
 every session of the space (services.canvas.collaboration) and its event leaves through the
 outbox. Changes made here and through a Collaborate session are the same code.
 """
@@ -14,6 +17,7 @@ import asyncio
 import logging
 import random
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -64,6 +68,7 @@ class CanvasService:
         self.broadcast = broadcast
         self.on_commit = on_commit
         self.clock = clock
+        self._writing: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def require(self, caller_id: str, space_id: str, needed: Role, action: str) -> int:
         """The caller's role in the space, when it is at least `needed`."""
@@ -119,7 +124,7 @@ class CanvasService:
             await self.repository.commit(change, (version, count), None, change_event(change, None))
             return change
 
-        return await self._committed(attempt)
+        return await self._committed(space_id, attempt)
 
     async def move_node(
         self,
@@ -146,7 +151,7 @@ class CanvasService:
             await self.repository.commit(change, (version, count), expected, change_event(change, node))
             return change
 
-        return await self._committed(attempt)
+        return await self._committed(space_id, attempt)
 
     async def remove_node(
         self, caller_id: str, space_id: str, node_id: str, expected_version: int, client_request_id: str = ""
@@ -165,25 +170,33 @@ class CanvasService:
             await self.repository.commit(change, (version, count), expected, change_event(change, None))
             return change
 
-        return await self._committed(attempt)
+        return await self._committed(space_id, attempt)
 
-    async def _committed(self, attempt: Callable[[], Awaitable[Change]]) -> Change:
-        """Run `attempt` until it commits; a lost race for the canvas version or for the node
-        is computed again from what the store holds then."""
-        for tries in range(MAX_ATTEMPTS):
-            try:
-                change = await attempt()
-            except (CanvasMoved, NodeChangedMeanwhile):
-                # Spread the retries of racing writers so they do not collide again at once.
-                await asyncio.sleep(random.uniform(0, 0.002 * min(tries + 1, 10)))
-                continue
+    async def _committed(self, space_id: str, attempt: Callable[[], Awaitable[Change]]) -> Change:
+        """Run `attempt` until it commits, one change of the space at a time here; a lost race
+        (with another instance) for the canvas version or for the node is computed again from
+        what the store holds then."""
+        lock = self._writing.get(space_id)
+        if lock is None:
+            lock = self._writing[space_id] = asyncio.Lock()
+        async with lock:
+            change = await self._retried(attempt)
             self.on_commit()
             try:
+                # Still in turn: this instance publishes a space's changes in their order.
                 await self.broadcast(change)
             except Exception:
                 # Committed all the same: sessions find the change by its canvas version.
-                log.warning("change %d of space %s not broadcast", change.canvas_version, change.node.space_id)
-            return change
+                log.warning("change %d of space %s not broadcast", change.canvas_version, space_id)
+        return change
+
+    async def _retried(self, attempt: Callable[[], Awaitable[Change]]) -> Change:
+        for tries in range(MAX_ATTEMPTS):
+            try:
+                return await attempt()
+            except (CanvasMoved, NodeChangedMeanwhile):
+                # Exponential backoff with full jitter: racing instances do not collide again at once.
+                await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * 2**tries)))
         raise Unavailable(
             f"the canvas is changing too fast to apply this change after {MAX_ATTEMPTS} attempts; try again"
         )

@@ -5,8 +5,8 @@ and AWS: only `dynamodb_url` (empty for AWS) and the credentials differ. Every c
 CLIENT span of the current trace (services.kit.telemetry.trace_aws_client).
 
 Tables use the single-table layout: a string partition key `pk` and sort key `sk`, so one
-table holds a service's items of every kind, and the kit's outbox (services.kit.dynamo_outbox)
-lives beside them with a sparse index of its own. `ensure_table` creates the table when it is
+table holds a service's items of every kind (the kit's outbox, services.kit.dynamo_outbox, is
+a second table, which holds only what is still to be relayed). `ensure_table` creates the table when it is
 missing, waits until it is active, and turns on expiry by the `expires_at` attribute; two
 instances starting at once both succeed.
 """

@@ -1,18 +1,16 @@
-"""The transactional outbox on DynamoDB: an event is an attribute set on an item written in
-the same TransactWriteItems as the change, then relayed to Kafka.
+"""The transactional outbox on DynamoDB: an event is an item of the service's outbox table,
+written in the same TransactWriteItems as the change, then relayed to Kafka and deleted.
 
 As with the PostgreSQL outbox (services.kit.outbox), nothing reaches Kafka unless the change
-is written, and nothing written is lost while Kafka is down. An item carries its pending event
-in `outbox_envelope`, and two attributes that make it appear in the table's sparse index
-`outbox` (partition `outbox` = "pending", sorted by `outbox_order`: the time it was written,
-then its own order key). The relay reads that index oldest first, publishes, and removes the
-attributes, which drops the item out of the index (the item itself stays, for whatever else
-its service keeps it). A relay that crashes between publishing and removing re-sends: at least
-once, which consumers absorb by event id.
+is written, and nothing written is lost while Kafka is down. The outbox table holds only the
+events not yet relayed, in one partition ("pending") sorted by the time they were written
+and then by their own order key, so the relay reads the oldest first and a read costs what is
+pending, not what the service ever wrote. A relay that crashes between publishing and deleting
+re-sends: at least once, which consumers absorb by event id.
 
-One relay publishes at a time: the instances of a service share a lease item (a conditional
-write with an expiry), so a second instance's relay waits instead of interleaving; when the
-holder dies its lease runs out and another takes over.
+One relay publishes at a time: the instances of a service share a lease item in the outbox
+table (a conditional write with an expiry), so a second instance's relay waits instead of
+interleaving; when the holder dies its lease runs out and another takes over.
 """
 
 from __future__ import annotations
@@ -35,31 +33,28 @@ from services.kit.telemetry import untraced
 
 log = logging.getLogger("services.kit.dynamo_outbox")
 
-OUTBOX_INDEX_NAME = "outbox"
+BATCH_WRITE_MAX = 25  # DynamoDB's limit per BatchWriteItem
+
 PENDING = "pending"
-# The index to create with the table (services.kit.dynamo.ensure_table).
-OUTBOX_INDEX: dict[str, Any] = {
-    "IndexName": OUTBOX_INDEX_NAME,
-    "KeySchema": [
-        {"AttributeName": "outbox", "KeyType": "HASH"},
-        {"AttributeName": "outbox_order", "KeyType": "RANGE"},
-    ],
-    "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["outbox_topic", "outbox_envelope"]},
-}
-OUTBOX_INDEX_ATTRIBUTES = ("outbox", "outbox_order")
-LEASE_KEY = {"pk": "OUTBOX#relay", "sk": "lease"}
+LEASE_KEY = {"pk": "relay", "sk": "lease"}
 
 
-def outbox_attributes(envelope: EventEnvelope, topic: str, order: str) -> dict[str, Any]:
-    """The attributes that put an event in the outbox, to merge into the item written with
-    the change. `order` sorts events written in the same nanosecond (e.g. a version number
-    zero-padded), so events of one partition key leave in the order they were written."""
-    return {
-        "outbox": PENDING,
-        "outbox_order": f"{time.time_ns():020d}#{order}",
-        "outbox_topic": topic,
-        "outbox_envelope": envelope.SerializeToString(),
+def outbox_table(table: str) -> str:
+    """The outbox table of a service's table."""
+    return f"{table}-outbox"
+
+
+def outbox_put(table: str, envelope: EventEnvelope, topic: str, order: str) -> dict[str, Any]:
+    """The TransactWriteItems entry that puts an event in the outbox of `table`. `order` sorts
+    events written in the same nanosecond (e.g. a version number, zero-padded), so events of
+    one partition key leave in the order they were written."""
+    item = {
+        "pk": PENDING,
+        "sk": f"{time.time_ns():020d}#{order}",
+        "topic": topic,
+        "envelope": envelope.SerializeToString(),
     }
+    return {"Put": {"TableName": outbox_table(table), "Item": to_wire(item)}}
 
 
 class DynamoOutboxRelay:
@@ -77,7 +72,7 @@ class DynamoOutboxRelay:
         retry_delay_s: float = 1.0,
     ) -> None:
         self.client = client
-        self.table = table
+        self.table = outbox_table(table)
         self.producer = producer
         self.batch_size = batch_size
         self.idle_poll_s = idle_poll_s
@@ -128,24 +123,27 @@ class DynamoOutboxRelay:
         """Publish one batch of pending events, oldest first; returns how many."""
         reply = await self.client.query(
             TableName=self.table,
-            IndexName=OUTBOX_INDEX_NAME,
-            KeyConditionExpression="outbox = :pending",
+            KeyConditionExpression="pk = :pending",
             ExpressionAttributeValues=to_wire({":pending": PENDING}),
+            ConsistentRead=True,
             Limit=self.batch_size,
         )
         rows = [from_wire(item) for item in reply.get("Items", [])]
         if not rows:
             return 0
-        rows.sort(key=lambda row: str(row["outbox_order"]))
-        for topic, batch in group_consecutive_by_topic([(row["outbox_topic"], row["outbox_envelope"]) for row in rows]):
+        for topic, batch in group_consecutive_by_topic([(row["topic"], row["envelope"]) for row in rows]):
             await self.producer.publish_many(topic, [EventEnvelope.FromString(blob) for blob in batch])
-        await asyncio.gather(*(self._mark_published(row) for row in rows))
+        for start in range(0, len(rows), BATCH_WRITE_MAX):
+            deletes = [
+                {"DeleteRequest": {"Key": to_wire({"pk": row["pk"], "sk": row["sk"]})}}
+                for row in rows[start : start + BATCH_WRITE_MAX]
+            ]
+            await self._delete_all(deletes)
         self.published_total += len(rows)
         return len(rows)
 
-    async def _mark_published(self, row: dict[str, Any]) -> None:
-        await self.client.update_item(
-            TableName=self.table,
-            Key=to_wire({"pk": row["pk"], "sk": row["sk"]}),
-            UpdateExpression="REMOVE outbox, outbox_order, outbox_topic, outbox_envelope",
-        )
+    async def _delete_all(self, deletes: list[dict[str, Any]]) -> None:
+        """BatchWriteItem, again for whatever it left unprocessed."""
+        while deletes:
+            reply = await self.client.batch_write_item(RequestItems={self.table: deletes})  # type: ignore[dict-item]
+            deletes = list(reply.get("UnprocessedItems", {}).get(self.table, []))  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
-"""The DynamoDB API, served by moto's server (the native stand-in for DynamoDB Local)."""
+"""The DynamoDB API, served by moto (the native stand-in for DynamoDB Local), its requests
+applied one at a time (simulations.components.moto_serial)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ class DynamoDB(Component):
 
     def launch(self) -> Launch:
         return Launch(
-            argv=[sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.ctx.port("http"))],
+            # Moto's server, serving requests in turn so that transactions are atomic.
+            argv=[sys.executable, "-m", "simulations.components.moto_serial", "-p", str(self.ctx.port("http"))],
             env={"MOTO_ALLOW_NONEXISTENT_REGION": "true"},
         )
 

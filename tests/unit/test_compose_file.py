@@ -20,7 +20,11 @@ from simulations.envoy_config import build_config
 from simulations.platform import PLATFORM, SERVICES
 from simulations.topology import port_override_env
 
-PORT_MAPPING = re.compile(r"^127\.0\.0\.1:\$\{(?P<var>\w+):-(?P<default>\d+)\}:(?P<container>\d+)$")
+# One port, or a range for a scaled service (one port per replica): each end its own variable.
+PORT_MAPPING = re.compile(
+    r"^127\.0\.0\.1:\$\{(?P<var>\w+):-(?P<default>\d+)\}(?:-\$\{(?P<last_var>\w+):-(?P<last>\d+)\})?"
+    r":(?P<container>\d+)$"
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +53,8 @@ def test_ports_are_loopback_and_move_with_the_native_variables(compose: dict[str
         match = PORT_MAPPING.match(mapping)
         assert match, f"{component}: port mapping {mapping!r} must be 127.0.0.1:${{KP_..._PORT:-default}}:port"
         published[match["var"]] = int(match["default"])
+        if match["last_var"]:
+            published[match["last_var"]] = int(match["last"])
     for role, default in cls.default_ports.items():
         if component == "kafka" and role == "controller":
             continue  # the broker's controller listener stays inside the compose network
@@ -85,7 +91,8 @@ def test_the_collector_writes_to_the_schema_file_clickhouse_is_initialised_with(
 def test_the_gateway_waits_for_every_service(compose: dict[str, Any]) -> None:
     waits_for = compose["services"]["envoy"]["depends_on"]
     for service in SERVICES:
-        assert waits_for.get(service.name) == {"condition": "service_healthy"}, f"envoy must wait for {service.name}"
+        name = COMPOSE_SERVICE_OF[service.name]  # a replica is its service, scaled
+        assert waits_for.get(name) == {"condition": "service_healthy"}, f"envoy must wait for {name}"
 
 
 def test_generated_compose_files_are_current() -> None:
