@@ -30,8 +30,10 @@ from botocore.exceptions import ClientError
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from clients.canvas import Collaborator, NodeChanged
 from clients.transports import JSON_HTTP, Transport, grpc_web_frame, parse_grpc_web, transport_for
 from services.api.auth.v1 import auth_pb2
+from services.api.canvas.v1 import canvas_pb2
 from services.api.chat.v1 import chat_pb2
 from services.api.knowledge.v1 import knowledge_pb2
 from services.api.vector.v1 import vector_pb2
@@ -445,6 +447,51 @@ async def check_chat(stack: StackEndpoints) -> str:
     return f"asked about it: an answer with {len(cited)} citation(s) of the new document, streamed over JSON"
 
 
+async def check_canvas_instance(stack: StackEndpoints, instance: str, other: str) -> str:
+    """A node placed in a session on one canvas instance (over JSON, through Envoy's choice of
+    instance) and moved in a session on `instance` reaches a session on `other`."""
+    visitor = await Visitor.signed_up(stack)
+    here = grpc.aio.insecure_channel(stack.of(instance)["grpc"])
+    there = grpc.aio.insecure_channel(stack.of(other)["grpc"])
+    try:
+        space = await visitor.call(
+            "knowledge.v1.KnowledgeService/CreateSpace",
+            knowledge_pb2.CreateSpaceRequest(name="Smoke canvas"),
+            knowledge_pb2.CreateSpaceResponse,
+        )
+        space_id = space.space.space_id
+        placed = await visitor.call(
+            "canvas.v1.CanvasService/PlaceNode",
+            canvas_pb2.PlaceNodeRequest(space_id=space_id, label="Harbour", x=10, y=20),
+            canvas_pb2.PlaceNodeResponse,
+        )
+        mover = await Collaborator.join(here, visitor.token, space_id)
+        watcher = await Collaborator.join(there, visitor.token, space_id)
+        began = time.monotonic()
+        request_id = await mover.move(placed.node.node_id, 30, 40, expected_version=1)
+        outcome = await mover.outcome(request_id)
+        assert isinstance(outcome, NodeChanged), f"the move was refused: {outcome}"
+        await watcher.until_version(outcome.canvas_version)
+        waited = time.monotonic() - began
+        seen = watcher.nodes[placed.node.node_id]
+        await mover.close()
+        await watcher.close()
+    finally:
+        await visitor.close()
+        await here.close()
+        await there.close()
+    assert (seen.x, seen.y, seen.version) == (30, 40, 2), f"the other session sees {seen}"
+    return f"a move in a session on {instance} reached a session on {other} in {waited * 1000:.0f} ms"
+
+
+async def check_canvas(stack: StackEndpoints) -> str:
+    return await check_canvas_instance(stack, "canvas", "canvas-2")
+
+
+async def check_canvas_replica(stack: StackEndpoints) -> str:
+    return await check_canvas_instance(stack, "canvas-2", "canvas")
+
+
 CHECKS: dict[str, Check] = {
     "kafka": check_kafka,
     "postgres": check_postgres,
@@ -458,4 +505,6 @@ CHECKS: dict[str, Check] = {
     "knowledge": check_knowledge,
     "vector": check_vector,
     "chat": check_chat,
+    "canvas": check_canvas,
+    "canvas-2": check_canvas_replica,
 }
