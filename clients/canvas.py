@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -50,11 +51,14 @@ class Collaborator:
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    async def join(cls, channel: grpc.aio.Channel, token: str, space_id: str) -> Collaborator:
-        """Open a session, join the space and wait for the snapshot."""
+    async def join(
+        cls, channel: grpc.aio.Channel, token: str, space_id: str, metadata: Sequence[tuple[str, str]] = ()
+    ) -> Collaborator:
+        """Open a session (with `metadata` beside the token, e.g. trace context), join the
+        space and wait for the snapshot."""
         stub = canvas_pb2_grpc.CanvasServiceStub(channel)
         call: grpc.aio.StreamStreamCall[Request, Response] = stub.Collaborate(
-            metadata=[("authorization", f"Bearer {token}")]
+            metadata=[("authorization", f"Bearer {token}"), *metadata]
         )
         await call.write(Request(join=Request.Join(space_id=space_id)))
         first = await call.read()

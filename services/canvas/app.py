@@ -58,7 +58,7 @@ async def build(settings: CanvasSettings, resources: AsyncExitStack) -> app.Appl
 
     repository = CanvasRepository(dynamodb, settings.table)
     presence = Presence(redis)
-    hub = Hub(redis, repository, presence)
+    hub = Hub(redis, repository, presence, instance=settings.instance or settings.service_name)
     service = CanvasService(repository, access, presence, hub.publish_change, on_commit=relay.wake)
 
     verifiers = app.platform_verifiers(settings)

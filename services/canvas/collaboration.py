@@ -363,8 +363,11 @@ class Session:
 class Hub:
     """The sessions of one instance, by space, and the space channels they listen to."""
 
-    def __init__(self, redis: aioredis.Redis, repository: CanvasRepository, presence: Presence) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, repository: CanvasRepository, presence: Presence, instance: str = ""
+    ) -> None:
         self.redis = redis
+        self.instance = instance  # named on delivery spans: which instance handed a change on
         self.repository = repository
         self.presence = presence
         self.spaces: dict[str, set[Session]] = {}
@@ -439,7 +442,11 @@ class Hub:
             f"canvas deliver {response.WhichOneof('event')}",
             context=parent,
             kind=SpanKind.CONSUMER,
-            attributes={"canvas.space_id": space_id, "canvas.sessions": len(sessions)},
+            attributes={
+                "canvas.space_id": space_id,
+                "canvas.sessions": len(sessions),
+                "canvas.instance": self.instance,
+            },
         ):
             for session in list(sessions):
                 if response.HasField("node_changed"):
