@@ -48,6 +48,18 @@ async def knowledge_events(stack: StackEndpoints) -> AsyncIterator[EventLog]:
         yield log
 
 
+@pytest.fixture(scope="session")
+async def chat_events(stack: StackEndpoints) -> AsyncIterator[EventLog]:
+    async for log in _event_log(stack, "chat"):
+        yield log
+
+
+@pytest.fixture(scope="session")
+async def canvas_events(stack: StackEndpoints) -> AsyncIterator[EventLog]:
+    async for log in _event_log(stack, "canvas"):
+        yield log
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "contracts/suites" in str(item.path):

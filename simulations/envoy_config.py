@@ -409,6 +409,24 @@ def overwrite(name: str, value: str) -> dict[str, Any]:
     return {"header": {"key": name, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
 
 
+# A request that never reached an instance (it refused the connection, or reset it before the
+# request went out: an instance that died) is sent to another instance, up to twice. Nothing
+# is retried that an instance may have started on.
+NOT_YET_SENT_RETRY: dict[str, Any] = {
+    "retry_on": "connect-failure,refused-stream,reset-before-request",
+    "num_retries": 2,
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+            },
+        }
+    ],
+    "host_selection_retry_max_attempts": 3,
+}
+
+
 def grpc_route(prefix: str, cluster: str, limits: EdgeLimits) -> dict[str, Any]:
     """A service's unary methods: bounded by the caller's grpc-timeout, at most
     `unary_timeout_s` (streaming methods have routes of their own, before these)."""
@@ -420,6 +438,7 @@ def grpc_route(prefix: str, cluster: str, limits: EdgeLimits) -> dict[str, Any]:
             "cluster": cluster,
             "timeout": f"{limits.unary_timeout_s}s",
             "max_stream_duration": {"grpc_timeout_header_max": f"{limits.unary_timeout_s}s"},
+            "retry_policy": NOT_YET_SENT_RETRY,
         },
     }
 
@@ -436,6 +455,7 @@ def stream_route(method: str, cluster: str, limits: EdgeLimits) -> dict[str, Any
             "timeout": "0s",
             "idle_timeout": f"{limits.stream_idle_timeout_s}s",
             "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+            "retry_policy": NOT_YET_SENT_RETRY,
         },
     }
 

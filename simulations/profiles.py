@@ -48,6 +48,9 @@ PROFILES: dict[str, Profile] = {
         # The default configuration (all-MiniLM-L6-v2, every span traced): the mixed case measures it.
         Profile("bench-search-mixed", 1900, ("envoy",)),
         Profile("quiet-traces", 1800, ("otlp", "auth", "knowledge")),
+        # Canvas instances killed and Redis restarted under live sessions; a short send queue
+        # so a client that stops reading falls behind in seconds.
+        Profile("canvas-faults", 2000, ("envoy",), {**LEXICAL, "KP_SESSION_QUEUE": "50"}),
     )
 }
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,7 @@ from fixtures.knowledge import VIEWER, add_member, create_document, create_space
 from services.api.chat.v1 import chat_pb2
 from services.api.events.v1 import events_pb2
 from services.api.knowledge.v1 import knowledge_pb2
-from services.kit.events import EventEnvelope, topic_for
+from services.kit.events import EventEnvelope
 from simulations.endpoints import StackEndpoints
 
 CREATE_CONVERSATION = MethodRef.of("chat.v1.ChatService/CreateConversation")
@@ -65,15 +65,6 @@ REFERENCE = re.compile(r"\[(\d+)\]")
 WS_PATH = "/v1/chat/ws"
 CHAT_SUBPROTOCOL = "kp.chat.v1"
 UNRELATED_QUESTION = "What is the recipe for banana bread?"
-
-
-@pytest.fixture(scope="session")
-async def chat_events(stack: StackEndpoints) -> AsyncIterator[EventLog]:
-    """Every event the chat service emits from now on (topic chat.events.v1)."""
-    log = EventLog(stack.kafka_bootstrap, topic_for("chat"))
-    await log.start()
-    yield log
-    await log.stop()
 
 
 # ----------------------------------------------------------------- helpers

@@ -6,13 +6,14 @@ share the table and Redis, and nothing else."""
 
 from __future__ import annotations
 
+import functools
 from contextlib import AsyncExitStack
 
 import redis.asyncio as aioredis
 
 from services.api.canvas.v1 import canvas_pb2_grpc
 from services.canvas import VERSION
-from services.canvas.collaboration import Hub
+from services.canvas.collaboration import Hub, Session
 from services.canvas.live import Presence
 from services.canvas.repository import CanvasRepository
 from services.canvas.server import SERVICE_NAME, CanvasServer
@@ -39,6 +40,8 @@ class CanvasSettings(ServiceSettings):
     table: str = "canvas"
     # Backstop expiry of cached space access (services.kit.access); epochs make changes immediate.
     access_cache_ttl_s: float = 30.0
+    # Messages that may wait for one Collaborate client before its session is ended.
+    session_queue: int = 1000
 
 
 async def build(settings: CanvasSettings, resources: AsyncExitStack) -> app.Application:
@@ -62,15 +65,17 @@ async def build(settings: CanvasSettings, resources: AsyncExitStack) -> app.Appl
     service = CanvasService(repository, access, presence, hub.publish_change, on_commit=relay.wake)
 
     verifiers = app.platform_verifiers(settings)
-    leeway_s = verifiers.users.leeway_s
-    bridge = WebSocketBridge(CanvasProtocol(service, hub, leeway_s), verifiers.users)
+    new_session = functools.partial(
+        Session, hub, service, leeway_s=verifiers.users.leeway_s, max_queued=settings.session_queue
+    )
+    bridge = WebSocketBridge(CanvasProtocol(new_session), verifiers.users)
     websocket = await bridge.open_in(resources, settings.grpc_host, settings.ws_port)
     spec = ServiceSpec(
         name="canvas",
         version=VERSION,
         grpc_services=[SERVICE_NAME],
         register=lambda server: canvas_pb2_grpc.add_CanvasServiceServicer_to_server(
-            CanvasServer(service, hub, leeway_s), server
+            CanvasServer(service, new_session), server
         ),
     )
     return app.Application(

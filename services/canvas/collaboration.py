@@ -61,6 +61,7 @@ from services.kit.errors import (
     InvalidArgument,
     PermissionDenied,
     Unauthenticated,
+    Unavailable,
     status_for,
 )
 from services.kit.ids import parse_id
@@ -186,7 +187,11 @@ class Session:
         if self.ended is not None:
             return
         self.ended = error or asyncio.CancelledError()
+        if self.space_id:
+            self.hub.detach(self)  # nothing more is handed to it
         if isinstance(error, ResourceExhausted | PermissionDenied | Unauthenticated):
+            # The stream ends with the status as soon as the client takes what its transport
+            # already holds (a client that does not read at all cannot be told anything).
             self._drop_queued()
         self._outbound.put_nowait(_End(error))
 
@@ -244,6 +249,14 @@ class Session:
         space_id = parse_id(raw_space_id, "join.space_id")
         self.role = await self.service.require(self.user_id, space_id, Role.VIEWER, "joining the canvas")
         self.space_id = space_id
+        try:
+            await self._open(space_id)
+        except (RedisError, OSError) as error:
+            raise Unavailable(
+                "live collaboration needs Redis, which is not answering; join again in a moment"
+            ) from error
+
+    async def _open(self, space_id: str) -> None:
         await self.hub.attach(self)  # subscribed before the snapshot: no change falls between
         canvas = await self.service.snapshot(space_id)
         await self._touch(force=True)
@@ -270,9 +283,14 @@ class Session:
                 self._touch_later = asyncio.get_running_loop().call_later(wait, self._touch_soon)
             return
         self.last_touch = now
-        arrived = await self.service.presence.touch(self.space_id, self.session_id, self.seen)
-        if arrived and not force:
-            await self.hub.announce(self.space_id, presence_changed(self.seen), origin=self.session_id)
+        try:
+            arrived = await self.service.presence.touch(self.space_id, self.session_id, self.seen)
+            if arrived and not force:
+                await self.hub.announce(self.space_id, presence_changed(self.seen), origin=self.session_id)
+        except (RedisError, OSError):
+            # Presence waits for Redis; edits and their delivery (read from the store) go on.
+            if force:
+                raise
 
     def _touch_soon(self) -> None:
         self._touch_later = None

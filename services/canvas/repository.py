@@ -18,10 +18,11 @@ changes commit is made consistent with them (services.canvas.domain.rolled_forwa
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from types_aiobotocore_dynamodb import DynamoDBClient
 
 from services.canvas.domain import Change, ChangeKind, Node
@@ -178,9 +179,11 @@ class CanvasRepository:
         `read_at` is the (canvas_version, node_count) the change was computed from, and
         `expected_node_version` the node's version then (None for a placement). Raises
         CanvasMoved when another change committed in the space meanwhile, NodeChangedMeanwhile
-        when this node did."""
+        when this node did. A failure after which the change item is found written, by this
+        very call, is a success whose answer was lost."""
         space_id, node = change.node.space_id, change.node
         pk = space_key(space_id)
+        change_id = str(uuid.uuid4())  # tells this transaction's change item from any other
         version, count = read_at
         count_after = count + {ChangeKind.PLACED: 1, ChangeKind.MOVED: 0, ChangeKind.REMOVED: -1}[change.kind]
         counter_condition = "attribute_not_exists(canvas_version)" if version == 0 else "canvas_version = :read"
@@ -230,6 +233,7 @@ class CanvasRepository:
             "kind": int(change.kind),
             "canvas_version": change.canvas_version,
             "client_request_id": change.client_request_id,
+            "change_id": change_id,
             EXPIRY_ATTRIBUTE: int(time.time()) + CHANGE_RETENTION_S,
         }
         record = {
@@ -242,10 +246,22 @@ class CanvasRepository:
         event = outbox_put(self.table, envelope, topic_for("canvas"), f"{space_id}#{change.canvas_version:012d}")
         try:
             await self.client.transact_write_items(TransactItems=[counter, node_write, record, event])  # type: ignore[list-item]
-        except ClientError as error:
-            if not is_transaction_cancelled(error):
+        except (ClientError, BotoCoreError) as error:
+            # The transaction may have committed and its answer been lost (a timeout, then the
+            # client's retry refused by the conditions its own first try made true).
+            if await self._is_committed(space_id, change.canvas_version, change_id):
+                return
+            if not isinstance(error, ClientError) or not is_transaction_cancelled(error):
                 raise
             codes = cancellation_codes(error)
             if len(codes) > 1 and codes[1] == FAILED:
                 raise NodeChangedMeanwhile(node.node_id) from error
             raise CanvasMoved(space_id) from error
+
+    async def _is_committed(self, space_id: str, canvas_version: int, change_id: str) -> bool:
+        reply = await self.client.get_item(
+            TableName=self.table,
+            Key=to_wire({"pk": space_key(space_id), "sk": change_key(canvas_version)}),
+            ConsistentRead=True,
+        )
+        return bool(from_wire(reply.get("Item", {})).get("change_id") == change_id)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from services.api.canvas.v1 import canvas_pb2, canvas_pb2_grpc
-from services.canvas.collaboration import Hub, Session
+from services.canvas.collaboration import Session
 from services.canvas.service import CanvasService
 from services.canvas.wire import node_message
-from services.kit.auth import current_principal
+from services.kit.auth import Principal, current_principal
 
 SERVICE_NAME = "canvas.v1.CanvasService"
 
@@ -22,10 +22,9 @@ def caller_id() -> str:
 
 
 class CanvasServer(canvas_pb2_grpc.CanvasServiceServicer):
-    def __init__(self, service: CanvasService, hub: Hub, leeway_s: int) -> None:
+    def __init__(self, service: CanvasService, new_session: Callable[[Principal], Session]) -> None:
         self.service = service
-        self.hub = hub
-        self.leeway_s = leeway_s
+        self.new_session = new_session
 
     async def GetCanvas(self, request: canvas_pb2.GetCanvasRequest, context: Any) -> canvas_pb2.GetCanvasResponse:
         canvas = await self.service.get_canvas(caller_id(), request.space_id)
@@ -69,7 +68,7 @@ class CanvasServer(canvas_pb2_grpc.CanvasServiceServicer):
     async def Collaborate(
         self, request_iterator: AsyncIterator[canvas_pb2.CollaborateRequest], context: Any
     ) -> AsyncIterator[canvas_pb2.CollaborateResponse]:
-        session = Session(self.hub, self.service, current_principal(), self.leeway_s)
+        session = self.new_session(current_principal())
         reader = asyncio.create_task(session.run(request_iterator))
         try:
             async for response in session.responses():

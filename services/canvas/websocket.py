@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from services.api.canvas.v1 import canvas_pb2
-from services.canvas.collaboration import Hub, Session, rejected
-from services.canvas.service import CanvasService
+from services.canvas.collaboration import Session, rejected
 from services.kit.auth import Principal, set_principal
 from services.kit.errors import InvalidArgument, status_for
 from services.kit.websocket import Socket, close_code_for, parse_proto_frame, proto_frame
@@ -41,14 +40,12 @@ class CanvasProtocol:
     path = WS_PATH
     subprotocol = CANVAS_SUBPROTOCOL
 
-    def __init__(self, service: CanvasService, hub: Hub, leeway_s: int) -> None:
-        self.service = service
-        self.hub = hub
-        self.leeway_s = leeway_s
+    def __init__(self, new_session: Callable[[Principal], Session]) -> None:
+        self.new_session = new_session
 
     async def session(self, socket: Socket, principal: Principal) -> None:
         set_principal(principal)
-        session = Session(self.hub, self.service, principal, self.leeway_s)
+        session = self.new_session(principal)
         sender = asyncio.create_task(send_all(session, socket))
         try:
             await session.run(requests(socket, session))
