@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from botocore.exceptions import ClientError
 from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -75,6 +76,13 @@ async def test_redis_and_http_calls_are_client_spans(
     stack: StackEndpoints, recorded: tuple[TracerProvider, InMemorySpanExporter]
 ) -> None:
     provider, exporter = recorded
+    # The process may already be instrumented for the stack (the `traces` fixture sets up
+    # telemetry): instrument for this test's provider, and put that back afterwards.
+    instrumentors: list[BaseInstrumentor] = [RedisInstrumentor(), AioHttpClientInstrumentor()]
+    already = [instrumentor.is_instrumented_by_opentelemetry for instrumentor in instrumentors]
+    for instrumentor, was in zip(instrumentors, already, strict=True):
+        if was:
+            instrumentor.uninstrument()
     RedisInstrumentor().instrument(tracer_provider=provider)
     AioHttpClientInstrumentor().instrument(tracer_provider=provider)
     try:
@@ -86,6 +94,9 @@ async def test_redis_and_http_calls_are_client_spans(
     finally:
         RedisInstrumentor().uninstrument()
         AioHttpClientInstrumentor().uninstrument()
+        for instrumentor, was in zip(instrumentors, already, strict=True):
+            if was:
+                instrumentor.instrument()
     kinds = {(s.name.split()[0], s.kind) for s in exporter.get_finished_spans()}
     assert ("SET", SpanKind.CLIENT) in kinds
     assert ("GET", SpanKind.CLIENT) in kinds
