@@ -87,6 +87,7 @@ def bench(session: nox.Session) -> None:
         ("python", "-m", "loadtests.bench_traces", "overhead"),
         ("python", "-m", "loadtests.bench_getdocument"),
         ("python", "-m", "loadtests.bench_search"),
+        ("python", "-m", "loadtests.bench_canvas"),
     ]
     missed = []
     for command in benchmarks:

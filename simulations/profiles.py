@@ -51,6 +51,7 @@ PROFILES: dict[str, Profile] = {
         # Canvas instances killed and Redis restarted under live sessions; a short send queue
         # so a client that stops reading falls behind in seconds.
         Profile("canvas-faults", 2000, ("envoy",), {**LEXICAL, "KP_SESSION_QUEUE": "50"}),
+        Profile("bench-canvas", 2100, ("envoy",), {**LEXICAL, "KP_TRACE_SAMPLE_RATIO": "0.1"}),
     )
 }
 
