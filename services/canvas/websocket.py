@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 
 from services.api.canvas.v1 import canvas_pb2
@@ -34,6 +35,27 @@ CANVAS_SUBPROTOCOL = "kp.canvas.v1"
 CLOSE_NORMAL = 1000
 
 
+class FrameCache:
+    """The JSON text of recent messages. The hub hands one message object to every session of
+    its space on this instance, so its text is made once, not once per socket (the JSON
+    mapping costs more than sending it). Entries hold their message, so an id is not reused
+    while it is cached."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._texts: OrderedDict[int, tuple[canvas_pb2.CollaborateResponse, str]] = OrderedDict()
+
+    def text(self, message: canvas_pb2.CollaborateResponse) -> str:
+        cached = self._texts.get(id(message))
+        if cached is not None and cached[0] is message:
+            return cached[1]
+        text = proto_frame(message)
+        self._texts[id(message)] = (message, text)
+        if len(self._texts) > self.size:
+            self._texts.popitem(last=False)
+        return text
+
+
 class CanvasProtocol:
     """The canvas protocol, as the kit's WebSocket bridge serves it."""
 
@@ -42,11 +64,12 @@ class CanvasProtocol:
 
     def __init__(self, new_session: Callable[[Principal], Session]) -> None:
         self.new_session = new_session
+        self.frames = FrameCache()
 
     async def session(self, socket: Socket, principal: Principal) -> None:
         set_principal(principal)
         session = self.new_session(principal)
-        sender = asyncio.create_task(send_all(session, socket))
+        sender = asyncio.create_task(send_all(session, socket, self.frames))
         try:
             await session.run(requests(socket, session))
         finally:
@@ -66,10 +89,10 @@ async def requests(socket: Socket, session: Session) -> AsyncIterator[canvas_pb2
             session.emit(rejected("", error))
 
 
-async def send_all(session: Session, socket: Socket) -> None:
+async def send_all(session: Session, socket: Socket, frames: FrameCache) -> None:
     """Send the session's messages; close the socket the way the session ended."""
     async for response in session.responses():
-        socket.send(proto_frame(response))
+        socket.send(frames.text(response))
     await socket.drain()
     failure = session.failure()
     if failure is None:

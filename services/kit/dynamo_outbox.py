@@ -11,6 +11,11 @@ re-sends: at least once, which consumers absorb by event id.
 One relay publishes at a time: the instances of a service share a lease item in the outbox
 table (a conditional write with an expiry), so a second instance's relay waits instead of
 interleaving; when the holder dies its lease runs out and another takes over.
+
+The relay's own requests compete with the service's writes for the store, so it spends few:
+woken by a commit, it lingers a moment and relays everything written meanwhile in one go; the
+holder renews its lease only once half of it has passed, and an instance without the lease
+asks for it once per idle poll, not on every commit of its own.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ class DynamoOutboxRelay:
         *,
         batch_size: int = 100,
         idle_poll_s: float = 1.0,
+        linger_s: float = 0.05,
         lease_s: float = 10.0,
         retry_delay_s: float = 1.0,
     ) -> None:
@@ -76,10 +82,13 @@ class DynamoOutboxRelay:
         self.producer = producer
         self.batch_size = batch_size
         self.idle_poll_s = idle_poll_s
+        self.linger_s = linger_s
         self.lease_s = lease_s
         self.retry_delay_s = retry_delay_s
         self.owner = str(uuid.uuid4())
         self._wake = asyncio.Event()
+        self._held_until = 0.0  # when the lease this relay holds runs out (0: not held)
+        self._next_lease_try = 0.0
         self.published_total = 0
 
     def wake(self) -> None:
@@ -100,11 +109,16 @@ class DynamoOutboxRelay:
             if published < self.batch_size:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.idle_poll_s)
+                    await asyncio.sleep(self.linger_s)  # let the commits of the moment join in
                 self._wake.clear()
 
     async def hold_lease(self) -> bool:
         """Take or renew the relay lease; False while another live relay holds it."""
         now = time.time()
+        if now < self._held_until - self.lease_s / 2:
+            return True  # held, and more than half of it left
+        if not self._held_until and now < self._next_lease_try:
+            return False  # another relay held it a moment ago
         try:
             await self.client.put_item(
                 TableName=self.table,
@@ -115,8 +129,10 @@ class DynamoOutboxRelay:
             )
         except ClientError as error:
             if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                self._held_until, self._next_lease_try = 0.0, now + self.idle_poll_s
                 return False
             raise
+        self._held_until = now + self.lease_s
         return True
 
     async def publish_pending(self) -> int:
