@@ -43,6 +43,7 @@ class Collaborator:
     nodes: dict[str, canvas_pb2.Node] = field(default_factory=dict)
     arrivals: list[Arrival] = field(default_factory=list)
     presence: list[Response.PresenceChanged] = field(default_factory=list)
+    messages: list[Response] = field(default_factory=list)  # everything after the snapshot
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     status: grpc.StatusCode | None = None
     details: str = ""
@@ -134,6 +135,7 @@ class Collaborator:
         self._changed.set()
 
     def _receive(self, message: Response) -> None:
+        self.messages.append(message)
         event = message.WhichOneof("event")
         if event == "node_changed":
             changed = message.node_changed
