@@ -14,7 +14,7 @@ instances starting at once both succeed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from decimal import Decimal
 from typing import Any
@@ -54,22 +54,18 @@ async def open_client(settings: ServiceSettings, resources: AsyncExitStack) -> D
     return client
 
 
-def key_schema_attributes(extra: Sequence[str] = ()) -> list[Any]:
-    return [{"AttributeName": name, "AttributeType": "S"} for name in ("pk", "sk", *extra)]
-
-
-async def ensure_table(
-    client: DynamoDBClient, table: str, indexes: Sequence[Mapping[str, Any]] = (), index_attributes: Sequence[str] = ()
-) -> None:
-    """Create the table (pk, sk; on-demand capacity; `indexes` as global secondary indexes
-    over string `index_attributes`) unless it exists; wait until it is active."""
+async def ensure_table(client: DynamoDBClient, table: str) -> None:
+    """Create the table (string keys pk and sk; on-demand capacity) unless it exists; wait
+    until it is active."""
     try:
         await client.create_table(
             TableName=table,
             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=key_schema_attributes(index_attributes),
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
+            ],
             BillingMode="PAY_PER_REQUEST",
-            **({"GlobalSecondaryIndexes": list(indexes)} if indexes else {}),  # type: ignore[arg-type]
         )
     except ClientError as error:
         if error.response["Error"]["Code"] != "ResourceInUseException":  # another instance made it
