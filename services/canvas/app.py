@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from services.api.canvas.v1 import canvas_pb2_grpc
 from services.canvas import VERSION
-from services.canvas.collaboration import Hub, Session
+from services.canvas.collaboration import MAX_QUEUED, Hub, Session
 from services.canvas.live import Presence
 from services.canvas.repository import CanvasRepository
 from services.canvas.server import SERVICE_NAME, CanvasServer
@@ -41,7 +41,7 @@ class CanvasSettings(ServiceSettings):
     # Backstop expiry of cached space access (services.kit.access); epochs make changes immediate.
     access_cache_ttl_s: float = 30.0
     # Messages that may wait for one Collaborate client before its session is ended.
-    session_queue: int = 1000
+    session_queue: int = MAX_QUEUED
 
 
 async def build(settings: CanvasSettings, resources: AsyncExitStack) -> app.Application:
@@ -61,7 +61,7 @@ async def build(settings: CanvasSettings, resources: AsyncExitStack) -> app.Appl
 
     repository = CanvasRepository(dynamodb, settings.table)
     presence = Presence(redis)
-    hub = Hub(redis, repository, presence, instance=settings.instance or settings.service_name)
+    hub = Hub(redis, repository, presence, access, instance=settings.instance or settings.service_name)
     service = CanvasService(repository, access, presence, hub.publish_change, on_commit=relay.wake)
 
     verifiers = app.platform_verifiers(settings)

@@ -54,6 +54,7 @@ from services.canvas.live import Presence, Seen, channel, frame, space_of_channe
 from services.canvas.repository import CanvasRepository
 from services.canvas.service import CanvasService
 from services.canvas.wire import node_changed, node_message
+from services.kit.access import AccessCache
 from services.kit.auth import Principal
 from services.kit.errors import (
     DomainError,
@@ -120,7 +121,6 @@ class Session:
         self.max_queued = max_queued
         self.session_id = uuid.uuid4().hex
         self.space_id = ""
-        self.role = 0
         self.sequencer: Sequencer | None = None  # set once the snapshot is queued
         self.ended: BaseException | None = None
         self.cursor = (0.0, 0.0)
@@ -247,7 +247,7 @@ class Session:
 
     async def join(self, raw_space_id: str) -> None:
         space_id = parse_id(raw_space_id, "join.space_id")
-        self.role = await self.service.require(self.user_id, space_id, Role.VIEWER, "joining the canvas")
+        await self.service.require(self.user_id, space_id, Role.VIEWER, "joining the canvas")
         self.space_id = space_id
         try:
             await self._open(space_id)
@@ -364,30 +364,34 @@ class Session:
 
     # -- the hub's checks ----------------------------------------------------------------
 
-    async def check_access(self) -> None:
-        """End the session when the token expired or the user lost the space."""
+    def check_access(self, role: int) -> None:
+        """End the session when the token expired or the user's role in the space (asked
+        once per user by the hub's tick) no longer lets them in."""
         if time.time() >= self.principal.expires_at + self.leeway_s:
             self.end(Unauthenticated("the access token expired; reconnect with a fresh token and join again"))
             return
-        role = await self.service.access.role(self.user_id, self.space_id)
         try:
             require_role(role, Role.VIEWER, "collaborating on the canvas", self.space_id)
         except PermissionDenied as error:
             self.end(PermissionDenied(f"you lost access to space {self.space_id}: {error.message}"))
-            return
-        self.role = role
 
 
 class Hub:
     """The sessions of one instance, by space, and the space channels they listen to."""
 
     def __init__(
-        self, redis: aioredis.Redis, repository: CanvasRepository, presence: Presence, instance: str = ""
+        self,
+        redis: aioredis.Redis,
+        repository: CanvasRepository,
+        presence: Presence,
+        access: AccessCache,
+        instance: str = "",
     ) -> None:
         self.redis = redis
         self.instance = instance  # named on delivery spans: which instance handed a change on
         self.repository = repository
         self.presence = presence
+        self.access = access
         self.spaces: dict[str, set[Session]] = {}
         self.pubsub = redis.pubsub(ignore_subscribe_messages=True)
         self._subscribed = asyncio.Event()
@@ -487,9 +491,10 @@ class Hub:
     async def tick(self, space_id: str) -> None:
         sessions = list(self.spaces.get(space_id, ()))
         version, _ = await self.repository.counter(space_id)
+        roles = {user_id: await self.access.role(user_id, space_id) for user_id in {s.user_id for s in sessions}}
         for session in sessions:
             session.offer_version(version)
-            await session.check_access()
+            session.check_access(roles[session.user_id])
         for gone in await self.presence.sweep(space_id):
             await self.announce(space_id, presence_changed(gone, left=True))
 

@@ -200,32 +200,20 @@ class CanvasRepository:
             }
         }
         node_item_key = {"pk": pk, "sk": node_key(node.node_id)}
+        # A placement must find no node there; a move or removal the node at its expected version.
+        node_condition: dict[str, Any] = (
+            {"ConditionExpression": "attribute_not_exists(pk)"}
+            if expected_node_version is None
+            else {
+                "ConditionExpression": "version = :expected",
+                "ExpressionAttributeValues": to_wire({":expected": expected_node_version}),
+            }
+        )
         if change.kind is ChangeKind.REMOVED:
-            node_write: dict[str, Any] = {
-                "Delete": {
-                    "TableName": self.table,
-                    "Key": to_wire(node_item_key),
-                    "ConditionExpression": "version = :expected",
-                    "ExpressionAttributeValues": to_wire({":expected": expected_node_version}),
-                }
-            }
-        elif expected_node_version is None:
-            node_write = {
-                "Put": {
-                    "TableName": self.table,
-                    "Item": to_wire({**node_item_key, **node_attributes(node)}),
-                    "ConditionExpression": "attribute_not_exists(pk)",
-                }
-            }
+            node_write = {"Delete": {"TableName": self.table, "Key": to_wire(node_item_key), **node_condition}}
         else:
-            node_write = {
-                "Put": {
-                    "TableName": self.table,
-                    "Item": to_wire({**node_item_key, **node_attributes(node)}),
-                    "ConditionExpression": "version = :expected",
-                    "ExpressionAttributeValues": to_wire({":expected": expected_node_version}),
-                }
-            }
+            item = to_wire({**node_item_key, **node_attributes(node)})
+            node_write = {"Put": {"TableName": self.table, "Item": item, **node_condition}}
         change_item = {
             "pk": pk,
             "sk": change_key(change.canvas_version),
