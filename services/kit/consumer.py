@@ -39,6 +39,7 @@ from services.kit.db import SessionFactory
 from services.kit.events import EventEnvelope, context_of_headers, dead_letter_topic
 from services.kit.kafka import EventProducer, messaging_attributes
 from services.kit.outbox import processed_events
+from services.kit.telemetry import continuing
 
 log = logging.getLogger("services.kit.consumer")
 _tracer = trace.get_tracer("services.kit.consumer")
@@ -224,17 +225,19 @@ class EventConsumer:
 
     async def handle_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """Process one record to a final outcome: done, duplicate, ignored or dead-lettered."""
-        with _tracer.start_as_current_span(
-            f"process {record.topic}",
-            context=context_of_headers(record.headers),
-            kind=SpanKind.CONSUMER,
-            attributes={
-                **messaging_attributes(record.topic, "process"),
-                "messaging.consumer.group.name": self.group_id,
-                "messaging.destination.partition.id": str(record.partition),
-                "messaging.kafka.offset": record.offset,
-            },
-        ) as span:
+        with (
+            continuing(context_of_headers(record.headers)),
+            _tracer.start_as_current_span(
+                f"process {record.topic}",
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    **messaging_attributes(record.topic, "process"),
+                    "messaging.consumer.group.name": self.group_id,
+                    "messaging.destination.partition.id": str(record.partition),
+                    "messaging.kafka.offset": record.offset,
+                },
+            ) as span,
+        ):
             try:
                 envelope = EventEnvelope.FromString(record.value or b"")
             except DecodeError as error:

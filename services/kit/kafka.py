@@ -61,9 +61,10 @@ class EventProducer:
         in_flight: list[tuple[Span, asyncio.Future[RecordMetadata]]] = []
         try:
             for envelope in envelopes:
+                origin = context_of_envelope(envelope)
                 span = _tracer.start_span(
                     f"publish {topic}",
-                    context=context_of_envelope(envelope),
+                    context=origin,
                     kind=SpanKind.PRODUCER,
                     attributes={
                         **messaging_attributes(topic, "publish", envelope.partition_key, envelope.event_id),
@@ -71,7 +72,7 @@ class EventProducer:
                     },
                 )
                 carrier: dict[str, str] = {}
-                propagate.inject(carrier, context=trace.set_span_in_context(span))
+                propagate.inject(carrier, context=trace.set_span_in_context(span, origin))
                 delivery = await self.producer.send(
                     topic,
                     value=envelope.SerializeToString(),

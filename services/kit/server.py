@@ -188,11 +188,13 @@ def server_span(tracer: trace.Tracer, context: Context, service: str, method: st
     """The call's SERVER span, a child of the caller's trace context (W3C headers in the
     metadata); attributes are computed only when the span is sampled."""
     carrier = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
-    span = tracer.start_span(f"{service}/{method}", context=propagate.extract(carrier), kind=SpanKind.SERVER)
+    caller = propagate.extract(carrier)
+    span = tracer.start_span(f"{service}/{method}", context=caller, kind=SpanKind.SERVER)
     if span.is_recording():
         span.set_attributes({"rpc.system": "grpc", "rpc.service": service, "rpc.method": method})
         span.set_attribute("network.peer.address", context.peer() or "")
-    return ActiveSpan(span, otel_context.attach(trace.set_span_in_context(span)))
+    # In the caller's context, not the current one: its baggage goes on to every call and event.
+    return ActiveSpan(span, otel_context.attach(trace.set_span_in_context(span, caller)))
 
 
 @dataclass

@@ -8,7 +8,10 @@ of every call a service makes.
 - Kafka: the kit's producer and consumer, which carry the context in record headers;
 - background loops poll `untraced()`: an idle service makes no traces;
 - DynamoDB (and any AWS API): `trace_aws_client`, on botocore's event hooks, because
-  aiobotocore's async clients bypass what the botocore instrumentation patches.
+  aiobotocore's async clients bypass what the botocore instrumentation patches;
+- load runs: the baggage entries a load generator sends (`synthetic_request`, `load.run`,
+  `load.scenario`) become attributes of every span of the request, in every service it reaches,
+  so a run's traces can be selected and told apart from real users'.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.processor.baggage import BaggageSpanProcessor
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -31,6 +37,9 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _provider: TracerProvider | None = None
+
+# Baggage copied onto spans: only these keys, so a caller cannot add attributes at will.
+SPAN_BAGGAGE_KEYS = frozenset({"synthetic_request", "load.run", "load.scenario"})
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ def tracer_provider(settings: TelemetrySettings) -> TracerProvider:
     """A tracer provider exporting as every service exports: OTLP/gRPC, batched every 200 ms."""
     sampler = ParentBased(TraceIdRatioBased(settings.sample_ratio))
     provider = TracerProvider(resource=resource_for(settings), sampler=sampler)
+    provider.add_span_processor(BaggageSpanProcessor(SPAN_BAGGAGE_KEYS.__contains__))
     if settings.enabled:
         exporter = OTLPSpanExporter(endpoint=f"http://{settings.otlp_endpoint}", insecure=True, timeout=5)
         provider.add_span_processor(
@@ -86,6 +96,18 @@ def _instrument_libraries() -> None:
 
     RedisInstrumentor().instrument()
     AioHttpClientInstrumentor().instrument(url_filter=without_query)
+
+
+@contextmanager
+def continuing(parent: Context) -> Iterator[None]:
+    """Make `parent` (a producer's or caller's context: trace and baggage) current, so the spans
+    started inside are its children and its baggage travels on with their calls and events.
+    (`start_as_current_span(context=parent)` alone parents the span but drops the baggage.)"""
+    token = otel_context.attach(parent)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 @contextmanager

@@ -46,6 +46,7 @@ from websockets.typing import Subprotocol
 
 from services.kit.auth import Principal, TokenVerifier, bearer_token
 from services.kit.errors import InvalidArgument, Unauthenticated, Unavailable
+from services.kit.events import TRACE_HEADERS
 from services.kit.server import SERVER_ERROR_CODES
 from services.kit.text import check_strings, json_object
 
@@ -216,7 +217,7 @@ def close_reason(text: str) -> str:
 
 
 def trace_carrier(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-    return {key.lower(): value for key, value in pairs if value and key.lower() in ("traceparent", "tracestate")}
+    return {key.lower(): value for key, value in pairs if value and key.lower() in TRACE_HEADERS}
 
 
 @contextlib.contextmanager
@@ -225,11 +226,12 @@ def message_span(
 ) -> Iterator[trace.Span]:
     """The SERVER span of one client message (or of the upgrade), current while it is
     handled; a child of the trace context in `carrier`, when there is one."""
-    span = _tracer.start_span(f"WS {path} {kind}", context=propagate.extract(carrier or {}), kind=SpanKind.SERVER)
+    caller = propagate.extract(carrier or {})
+    span = _tracer.start_span(f"WS {path} {kind}", context=caller, kind=SpanKind.SERVER)
     if span.is_recording():
         span.set_attributes({"network.protocol.name": "websocket", "url.path": path, "websocket.message.type": kind})
         span.set_attributes(dict(attributes or {}))
-    token = otel_context.attach(trace.set_span_in_context(span))
+    token = otel_context.attach(trace.set_span_in_context(span, caller))  # keeps the caller's baggage
     try:
         yield span
     finally:
