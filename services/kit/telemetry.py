@@ -26,7 +26,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled, suppress_instrumentation
 from opentelemetry.processor.baggage import BaggageSpanProcessor
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import Resource
@@ -136,6 +136,8 @@ def trace_aws_client(client: Any, tracer_provider: trace.TracerProvider | None =
             context[_TABLE_KEY] = params["TableName"]
 
     def before_call(model: Any, context: dict[str, Any], **_: Any) -> None:
+        if not is_instrumentation_enabled():  # within untraced(): a background poll
+            return
         span = tracer.start_span(f"{service}.{model.name}", kind=SpanKind.CLIENT)
         if span.is_recording():
             span.set_attributes({"rpc.system": "aws-api", "rpc.service": service, "rpc.method": model.name})

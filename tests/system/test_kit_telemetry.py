@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from services.kit.telemetry import trace_aws_client
+from services.kit.telemetry import trace_aws_client, untraced
 from simulations.components.dynamodb import LOCAL_ACCESS_KEY, LOCAL_REGION, LOCAL_SECRET_KEY
 from simulations.endpoints import StackEndpoints
 
@@ -70,6 +70,22 @@ async def test_dynamodb_calls_are_client_spans_and_refusals_are_errors(
     assert "ConditionalCheckFailedException" in (puts[1].status.description or "")
     use_case = next(s for s in exporter.get_finished_spans() if s.name == "use case")
     assert all(s.parent is not None and s.parent.span_id == use_case.context.span_id for s in puts)
+
+
+async def test_dynamodb_calls_of_a_background_poll_make_no_spans(
+    stack: StackEndpoints, recorded: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    """Health probes and outbox polls run untraced(): an idle canvas service makes no traces."""
+    provider, exporter = recorded
+    session = aioboto3.Session(
+        aws_access_key_id=LOCAL_ACCESS_KEY, aws_secret_access_key=LOCAL_SECRET_KEY, region_name=LOCAL_REGION
+    )
+    async with session.client("dynamodb", endpoint_url=stack.dynamodb_url) as dynamodb:
+        trace_aws_client(dynamodb, tracer_provider=provider)
+        with untraced():
+            await dynamodb.list_tables(Limit=1)
+        await dynamodb.list_tables(Limit=2)  # the positive control: outside, the same call is a span
+    assert [span.name for span in exporter.get_finished_spans()] == ["dynamodb.ListTables"]
 
 
 async def test_redis_and_http_calls_are_client_spans(
