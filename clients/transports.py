@@ -828,7 +828,7 @@ class JsonHttp(_HttpTransport):
         except (aiohttp.ClientError, TimeoutError) as error:
             code, details = _client_failure(error, timeout)
             return Reply(self.name, ref, code=code, details=details)
-        failure = _json_failure(http_status, received, raw)
+        failure = json_failure(http_status, received, raw)
         if failure is not None:
             return Reply(self.name, ref, None, failure.code, failure.message, http_status, failure.status, received)
         try:
@@ -890,7 +890,7 @@ class JsonHttp(_HttpTransport):
         return reply(grpc.StatusCode.OK, "", status_observed=False)
 
 
-def _json_failure(http_status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> HttpError | None:
+def json_failure(http_status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> HttpError | None:
     """The error of a JSON answer, or None for a success (2xx without a failing grpc-status)."""
     grpc_status = next((value for key, value in headers if key == "grpc-status"), "0").strip()
     if 200 <= http_status < 300 and grpc_status == "0":

@@ -8,6 +8,7 @@ arrived). The CLI (`python -m observability`) and the pytest API sit on top.
 
 from __future__ import annotations
 
+import calendar
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,15 @@ class Span:
     @property
     def duration_ms(self) -> float:
         return self.duration_ns / 1e6
+
+    @property
+    def start_ns(self) -> int:
+        """Nanoseconds since the epoch (to the microsecond the store's datetimes keep)."""
+        return calendar.timegm(self.start.utctimetuple()) * 1_000_000_000 + self.start.microsecond * 1000
+
+    @property
+    def end_ns(self) -> int:
+        return self.start_ns + self.duration_ns
 
     @property
     def is_error(self) -> bool:
@@ -281,6 +291,22 @@ class TraceStore:
         return [
             Latency(r[0], r[1], int(r[2]), r[3][0] / 1e6, r[3][1] / 1e6, r[3][2] / 1e6, int(r[4]) / 1e6) for r in rows
         ]
+
+    def traces_with(self, key: str, value: str, since_ns: int, limit: int = 5000) -> list[TraceTree]:
+        """Whole traces, begun after `since_ns` (since the epoch), in which some span has the attribute `key` =
+        `value` (a load run's mark, for instance); an even sample of `limit` when there are more."""
+        sql = f"""
+            SELECT {SPAN_COLUMNS} FROM {TABLE}
+            WHERE Timestamp >= fromUnixTimestamp64Nano(toInt64(%(since)s)) AND TraceId IN (
+                SELECT DISTINCT TraceId FROM {TABLE}
+                WHERE Timestamp >= fromUnixTimestamp64Nano(toInt64(%(since)s)) AND SpanAttributes[%(key)s] = %(value)s
+                ORDER BY cityHash64(TraceId) LIMIT %(limit)s)
+        """
+        spans: dict[str, list[Span]] = {}
+        for row in self._rows(sql, {"since": since_ns, "key": key, "value": value, "limit": limit}):
+            item = span_of(row)
+            spans.setdefault(item.trace_id, []).append(item)
+        return [TraceTree(items) for items in spans.values()]
 
     def error_spans(self, window_s: int = 900, limit: int = 50) -> list[Span]:
         sql = f"""

@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -108,6 +108,15 @@ def continuing(parent: Context) -> Iterator[None]:
         yield
     finally:
         otel_context.detach(token)
+
+
+def baggage_only(context: Context | None = None) -> Context:
+    """A context with the baggage of `context` (default: the current one) and no span: for work
+    done on a caller's behalf that starts traces of its own, such as each message of a session."""
+    alone = Context()
+    for key, value in baggage.get_all(context).items():
+        alone = baggage.set_baggage(key, value, alone)
+    return alone
 
 
 @contextmanager

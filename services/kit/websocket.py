@@ -48,6 +48,7 @@ from services.kit.auth import Principal, TokenVerifier, bearer_token
 from services.kit.errors import InvalidArgument, Unauthenticated, Unavailable
 from services.kit.events import TRACE_HEADERS
 from services.kit.server import SERVER_ERROR_CODES
+from services.kit.telemetry import baggage_only, continuing
 from services.kit.text import check_strings, json_object
 
 log = logging.getLogger("services.kit.websocket")
@@ -282,8 +283,13 @@ class WebSocketBridge:
         if principal is None:
             return
         socket = Socket(connection, self.send_queue)
+        # Each message's span starts a trace of its own, carrying the upgrade request's baggage
+        # (a load run's marks); one trace for a whole session would never end.
+        request = connection.request
+        upgrade = propagate.extract(trace_carrier(request.headers.raw_items() if request is not None else ()))
         try:
-            await self.protocol.session(socket, principal)
+            with continuing(baggage_only(upgrade)):
+                await self.protocol.session(socket, principal)
         finally:
             await socket.drain()
 

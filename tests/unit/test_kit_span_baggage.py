@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from services.kit.events import context_of_headers
 from services.kit.server import CallScope, server_span
-from services.kit.telemetry import TelemetrySettings, continuing, tracer_provider
+from services.kit.telemetry import TelemetrySettings, baggage_only, continuing, tracer_provider
 
 LOAD_BAGGAGE = "synthetic_request=true,load.run=run-7,load.scenario=search,user.email=ada%40example.com"
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -90,3 +90,16 @@ def test_spans_without_load_baggage_get_no_load_attributes(
         pass
     [span] = exporter.get_finished_spans()
     assert not set(span.attributes or {}) & {"load.run", "load.scenario", "synthetic_request", "tenant"}
+
+
+def test_a_sessions_messages_start_traces_of_their_own_with_the_upgrades_baggage(
+    recorded: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = recorded
+    tracer = provider.get_tracer("test")
+    upgrade = context_of_headers([("traceparent", TRACEPARENT.encode()), ("baggage", LOAD_BAGGAGE.encode())])
+    with continuing(baggage_only(upgrade)), tracer.start_as_current_span("canvas move_node"):
+        pass
+    [span] = exporter.get_finished_spans()
+    assert span.parent is None, "a message's span is the root of its own trace"
+    assert_load_attributes(dict(span.attributes or {}))
