@@ -8,6 +8,8 @@
     uv run --frozen nox -s proto        regenerate services/api from proto/ (-- --check: only compare)
     uv run --frozen nox -s up / down / status / smoke
     uv run --frozen nox -s bench        every benchmark, printed (stops a running stack first)
+    uv run --frozen nox -s load -- SCENARIO [options]
+                                        a Locust load run to its SLO verdict (python -m loadtests run)
 """
 
 from __future__ import annotations
@@ -72,6 +74,16 @@ def status(session: nox.Session) -> None:
 @nox.session(python=False)
 def smoke(session: nox.Session) -> None:
     session.run("python", "-m", "simulations", "run", "smoke")
+
+
+@nox.session(python=False)
+def load(session: nox.Session) -> None:
+    """A load scenario against the running stack (started if needed), e.g.
+    `nox -s load -- search --users 50 --duration 2m --workers 2`; `nox -s load` lists them."""
+    if not session.posargs:
+        session.run("python", "-m", "loadtests", "scenarios")
+        return
+    session.run("python", "-m", "loadtests", "run", *session.posargs)
 
 
 @nox.session(python=False)

@@ -102,7 +102,7 @@ def parse_duration(text: str) -> int:
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument("--users", type=int, default=50, help="simulated users (default 50)")
-    parser.add_argument("--spawn-rate", type=float, default=10.0, help="users started per second (default 10)")
+    parser.add_argument("--spawn-rate", type=float, default=5.0, help="users started per second (default 5)")
     parser.add_argument("--duration", type=parse_duration, default=60, help="e.g. 60s, 5m (default 60s)")
     parser.add_argument("--workers", type=int, default=0, help="Locust worker processes (default: none)")
     parser.add_argument(

@@ -7,11 +7,13 @@ sets off for later (an event consumed after the answer was sent) shows its durat
 no share. So each request kind's shares add up to 100 %.
 
 A request's kind is the first span of a service (not the edge) under the root: e.g.
-"vector.v1.VectorService/Search", or "canvas move_node" for a session's message.
+"vector.v1.VectorService/Search", or "canvas move_node" for a session's message. A WebSocket's
+upgrade request lasts as long as its session: it is listed, but not among the slowest requests.
 """
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from observability.traces import Span, TraceTree
 
 EDGE_SERVICES = frozenset({"envoy"})
+SESSION = re.compile(r"^WS \S+ connect$")  # the kit's span of a WebSocket upgrade
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,8 @@ def breakdown(trees: Iterable[TraceTree], slowest: int = 10) -> Breakdown:
             window = (root.start_ns, root.end_ns)
             durations[kind].append(root.duration_ms)
             total_ns[kind] += root.duration_ns
-            roots.append((root.duration_ms, tree.trace_id, kind))
+            if not SESSION.match(kind):
+                roots.append((root.duration_ms, tree.trace_id, kind))
             if tree.errors():
                 errors_by_kind[kind] += 1
             for item in tree.spans:

@@ -36,7 +36,7 @@ from typing import Any
 import grpc
 import redis.asyncio as aioredis
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from redis.exceptions import RedisError
 
 from services.api.canvas.v1 import canvas_pb2
@@ -177,7 +177,10 @@ class Session:
                 timer.cancel()
         if self.space_id:
             self.hub.detach(self)
-            with contextlib.suppress(RedisError, OSError):
+            with (
+                _tracer.start_as_current_span("canvas leave", attributes={"canvas.space_id": self.space_id}),
+                contextlib.suppress(RedisError, OSError),
+            ):
                 if await self.service.presence.leave(self.space_id, self.user_id, self.session_id):
                     await self.hub.announce(self.space_id, presence_changed(self.seen, left=True))
 
@@ -206,7 +209,17 @@ class Session:
         if not self.space_id:
             if action != "join":
                 raise FailedPrecondition("the first message of a Collaborate session must be `join`")
-            await self.join(request.join.space_id)
+            # Its own span, as every message has: over WebSocket there is no stream span above.
+            with _tracer.start_as_current_span(
+                "canvas join", attributes={"canvas.space_id": request.join.space_id}, set_status_on_exception=False
+            ) as span:
+                try:
+                    await self.join(request.join.space_id)
+                except DomainError:
+                    raise  # a refusal, not a failure of the service
+                except Exception as error:
+                    span.set_status(Status(StatusCode.ERROR, repr(error)))
+                    raise
             return
         with _tracer.start_as_current_span(
             f"canvas {action or 'empty message'}", attributes={"canvas.space_id": self.space_id}

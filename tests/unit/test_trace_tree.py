@@ -3,44 +3,21 @@ observability.testing, on Span objects built by hand: no ClickHouse involved."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
+from fixtures.spans import handmade_span
 from observability.testing import assert_connected, assert_no_errors, assert_path, assert_under
 from observability.traces import Span, SpanMatch, TraceTree, span
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
-ORIGIN = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 MISSING_PARENT = "ffffffffffffffff"
 
 
-def make(
-    span_id: str,
-    parent: str,
-    service: str,
-    name: str,
-    start_ms: float,
-    duration_ms: float,
-    kind: str = "Server",
-    status: str = "Unset",
-    message: str = "",
-    attributes: dict[str, str] | None = None,
-) -> Span:
-    return Span(
-        trace_id=TRACE,
-        span_id=span_id,
-        parent_span_id=parent,
-        name=name,
-        kind=kind,
-        service=service,
-        start=ORIGIN + timedelta(milliseconds=start_ms),
-        duration_ns=int(duration_ms * 1_000_000),
-        status_code=status,
-        status_message=message,
-        attributes=attributes or {},
-    )
+make = functools.partial(handmade_span, TRACE)  # a span of the one trace these tests build
 
 
 # gateway: GET /documents                       (root)
