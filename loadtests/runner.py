@@ -39,6 +39,7 @@ from simulations.supervisor import running_state, start_detached
 HERE = Path(__file__).parent
 MAX_USERS, MAX_WORKERS, MAX_DURATION_S, MAX_ARRIVAL_RATE = 1000, 8, 4 * 3600, 2000.0
 STOP_GRACE_S = 60.0
+TRACE_KINDS_SHOWN = 6
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -50,6 +51,7 @@ class LoadScenario:
     spaces: int = 0
     documents: int = 0
     canvas_group: int = 0
+    open_loop: bool = True  # whether its actions can arrive on a schedule (--arrival-rate)
 
     @property
     def locustfile(self) -> Path:
@@ -68,7 +70,7 @@ SCENARIOS = {
     for scenario in (
         LoadScenario("search", "search.py", "search, open a hit, ask (JSON via Envoy)", spaces=5, documents=200),
         LoadScenario("search-grpc", "search_grpc.py", "the same over native gRPC via Envoy", spaces=5, documents=200),
-        LoadScenario("collaboration", "collaboration.py", "canvases over the WebSocket bridge", canvas_group=10),
+        LoadScenario("collaboration", "collaboration.py", "canvases over WebSocket", canvas_group=10, open_loop=False),
         LoadScenario("mixed", "mixed.py", "a day in the life across every service", spaces=5, documents=100),
     )
 }
@@ -123,6 +125,8 @@ def options_from(args: argparse.Namespace) -> RunOptions:
         problems.append(f"--workers must be 0 to {MAX_WORKERS}")
     if not 0 <= args.arrival_rate <= MAX_ARRIVAL_RATE:
         problems.append(f"--arrival-rate must be 0 to {MAX_ARRIVAL_RATE:.0f} per second")
+    if args.arrival_rate and not SCENARIOS[args.scenario].open_loop:
+        problems.append(f"{args.scenario} paces its users itself (sessions, not requests): no --arrival-rate")
     if args.spawn_rate <= 0:
         problems.append("--spawn-rate must be positive")
     if args.documents is not None and not 0 <= args.documents <= 100_000:
@@ -302,9 +306,12 @@ def main_run(options: RunOptions) -> int:
         print(f"  failures in {failing.request}: {failing.failures} of {failing.count}")
     if requests is not None:
         print(f"requests: {requests.count:,}, failures: {requests.failures:,}, {requests.rps:.1f} requests/s")
-    print(f"traces of the run: {traces:,}; the slowest:")
-    for trace_id, kind, ms in result.slowest[:3]:
-        print(f"  {ms:8.1f} ms  {kind}  python -m observability trace {trace_id}")
+    print(f"traces of the run: {traces:,}; the most frequent requests, and the slowest trace of each:")
+    for kind in result.kinds[:TRACE_KINDS_SHOWN]:
+        print(
+            f"  {kind.name:<44} {kind.count:>6,}  p50 {kind.p50_ms:7.1f} ms  p99 {kind.p99_ms:7.1f} ms"
+            f"  python -m observability trace {kind.slowest_trace}"
+        )
     print(f"report: {folder} (locust-report.html, traces.md, slo.txt, {len(plots)} plots in plots/)")
     met = all(check.ok for check in checks)
     print("verdict: every SLO met" if met else "verdict: SLO BREACHED")

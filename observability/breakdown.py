@@ -32,6 +32,7 @@ class RequestKind:
     errors: int
     p50_ms: float
     p99_ms: float
+    slowest_trace: str  # the id of its slowest trace
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ def own_time_ns(tree: TraceTree, item: Span, window: tuple[int, int]) -> int:
 
 def breakdown(trees: Iterable[TraceTree], slowest: int = 10) -> Breakdown:
     durations: dict[str, list[float]] = defaultdict(list)
+    slowest_of: dict[str, tuple[float, str]] = {}
     errors_by_kind: dict[str, int] = defaultdict(int)
     span_durations: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     own: dict[tuple[str, str, str], int] = defaultdict(int)
@@ -99,6 +101,7 @@ def breakdown(trees: Iterable[TraceTree], slowest: int = 10) -> Breakdown:
             kind = request_kind(tree, root)
             window = (root.start_ns, root.end_ns)
             durations[kind].append(root.duration_ms)
+            slowest_of[kind] = max(slowest_of.get(kind, (0.0, "")), (root.duration_ms, tree.trace_id))
             total_ns[kind] += root.duration_ns
             if not SESSION.match(kind):
                 roots.append((root.duration_ms, tree.trace_id, kind))
@@ -112,7 +115,14 @@ def breakdown(trees: Iterable[TraceTree], slowest: int = 10) -> Breakdown:
                 errors[(item.service, item.name, item.status_message)].append(tree.trace_id)
     kinds = sorted(
         (
-            RequestKind(kind, len(values), errors_by_kind[kind], statistics.median(values), percentile(values, 0.99))
+            RequestKind(
+                kind,
+                len(values),
+                errors_by_kind[kind],
+                statistics.median(values),
+                percentile(values, 0.99),
+                slowest_of[kind][1],
+            )
             for kind, values in durations.items()
         ),
         key=lambda k: -k.count,
@@ -146,8 +156,11 @@ def render_markdown(result: Breakdown, traces: int, shares_per_kind: int = 8) ->
     """The breakdown as Markdown tables: request kinds, where each one's time went, the slowest
     traces (to open with `python -m observability trace ID`) and error spans."""
     lines = [f"Traces of the run: {traces:,} (sampled when there are more).", ""]
-    lines += ["| request | traces | with errors | p50 | p99 |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {k.name} | {k.count} | {k.errors} | {k.p50_ms:.1f} ms | {k.p99_ms:.1f} ms |" for k in result.kinds]
+    lines += ["| request | traces | with errors | p50 | p99 | slowest trace |", "|---|---:|---:|---:|---:|---|"]
+    lines += [
+        f"| {k.name} | {k.count} | {k.errors} | {k.p50_ms:.1f} ms | {k.p99_ms:.1f} ms | `{k.slowest_trace}` |"
+        for k in result.kinds
+    ]
     for kind in result.kinds:
         lines += ["", f"### {kind.name}", "", "| service | span | count | p50 | p99 | share of the time |"]
         lines += ["|---|---|---:|---:|---:|---:|"]

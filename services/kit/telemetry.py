@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.exceptions import ClientError
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -135,54 +136,44 @@ def without_query(url: Any) -> str:
 
 def trace_aws_client(client: Any, tracer_provider: trace.TracerProvider | None = None) -> None:
     """Make every call of an aiobotocore client (DynamoDB, ...) a CLIENT span of the current
-    trace, named "<service>.<Operation>", an error when AWS answers with an error."""
+    trace, named "<service>.<Operation>", an error when AWS answers with an error. The span is
+    current during the call, so the HTTP request that carries it is its child. (It wraps the
+    client's `_make_api_call`, as OpenTelemetry's botocore instrumentation wraps botocore's:
+    aiobotocore's async clients bypass what that instrumentation patches.)"""
     tracer = trace.get_tracer("services.kit.aws", tracer_provider=tracer_provider)
     service = client.meta.service_model.service_name
+    call = client._make_api_call
 
-    def remember_table(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
-        # The API parameters are only seen before they are serialized into the request.
-        if "TableName" in params:
-            context[_TABLE_KEY] = params["TableName"]
-
-    def before_call(model: Any, context: dict[str, Any], **_: Any) -> None:
+    async def traced_call(operation: str, params: dict[str, Any]) -> Any:
         if not is_instrumentation_enabled():  # within untraced(): a background poll
-            return
-        span = tracer.start_span(f"{service}.{model.name}", kind=SpanKind.CLIENT)
-        if span.is_recording():
-            span.set_attributes({"rpc.system": "aws-api", "rpc.service": service, "rpc.method": model.name})
-            if service == "dynamodb":
-                span.set_attribute("db.system", "dynamodb")
-            if _TABLE_KEY in context:
-                span.set_attribute("aws.dynamodb.table_names", [context[_TABLE_KEY]])
-        context[_SPAN_KEY] = span
+            return await call(operation, params)
+        with tracer.start_as_current_span(
+            f"{service}.{operation}", kind=SpanKind.CLIENT, record_exception=False, set_status_on_exception=False
+        ) as span:
+            if span.is_recording():
+                span.set_attributes({"rpc.system": "aws-api", "rpc.service": service, "rpc.method": operation})
+                if service == "dynamodb":
+                    span.set_attribute("db.system", "dynamodb")
+                if "TableName" in params:
+                    span.set_attribute("aws.dynamodb.table_names", [params["TableName"]])
+            try:
+                result = await call(operation, params)
+            except ClientError as error:
+                answer = error.response
+                span.set_attribute(
+                    "http.response.status_code", answer.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                )
+                failure = answer.get("Error", {})
+                span.set_status(Status(StatusCode.ERROR, f"{failure.get('Code', '')}: {failure.get('Message', '')}"))
+                raise
+            except Exception as error:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+                raise
+            span.set_attribute("http.response.status_code", result.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            return result
 
-    def after_call(http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
-        span = context.pop(_SPAN_KEY, None)
-        if span is None:
-            return
-        status = getattr(http_response, "status_code", 0)
-        span.set_attribute("http.response.status_code", status)
-        if status >= 400:
-            error = parsed.get("Error", {})
-            span.set_status(Status(StatusCode.ERROR, f"{error.get('Code', status)}: {error.get('Message', '')}"))
-        span.end()
-
-    def after_call_error(exception: BaseException, context: dict[str, Any], **_: Any) -> None:
-        span = context.pop(_SPAN_KEY, None)
-        if span is not None:
-            span.record_exception(exception)
-            span.set_status(Status(StatusCode.ERROR, str(exception)))
-            span.end()
-
-    events = client.meta.events
-    events.register(f"before-parameter-build.{service}", remember_table)
-    events.register(f"before-call.{service}", before_call)
-    events.register(f"after-call.{service}", after_call)
-    events.register(f"after-call-error.{service}", after_call_error)
-
-
-_SPAN_KEY = "services.kit.telemetry.span"
-_TABLE_KEY = "services.kit.telemetry.table"
+    client._make_api_call = traced_call
 
 
 def shutdown_telemetry() -> None:

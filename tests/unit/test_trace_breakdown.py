@@ -53,7 +53,7 @@ def test_own_time_excludes_children_and_what_falls_outside_the_request() -> None
 def test_shares_add_up_to_the_requests_time_and_the_slowest_come_first() -> None:
     result = breakdown([search_trace("t1", 10, 4), search_trace("t2", 30, 20)])
     [kind] = result.kinds
-    assert (kind.name, kind.count, kind.p50_ms) == ("vector.v1.VectorService/Search", 2, 20.0)
+    assert (kind.name, kind.count, kind.p50_ms, kind.slowest_trace) == ("vector.v1.VectorService/Search", 2, 20.0, "t2")
     shares = {s.span_name: s for s in result.shares}
     assert sum(s.share for s in result.shares) == pytest.approx(1.0)
     assert shares["embed query"].share == pytest.approx(24 / 40)
