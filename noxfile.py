@@ -8,6 +8,8 @@
     uv run --frozen nox -s proto        regenerate services/api from proto/ (-- --check: only compare)
     uv run --frozen nox -s up / down / status / smoke
     uv run --frozen nox -s bench        every benchmark, printed (stops a running stack first)
+    uv run --frozen nox -s contracts-diff [-- BASE [HEAD]]
+                                        what changed in proto/ and whom it breaks (python -m contracts diff)
     uv run --frozen nox -s load -- SCENARIO [options]
                                         a Locust load run to its SLO verdict (python -m loadtests run)
 """
@@ -48,10 +50,23 @@ def system(session: nox.Session) -> None:
     session.run("pytest", "tests/system", "contracts", *PYTEST_PARALLEL, *session.posargs)
 
 
+@nox.session(python=False, name="contracts-diff")
+def contracts_diff(session: nox.Session) -> None:
+    """The contract review of the working tree against the merge-base with main (or `-- BASE
+    [HEAD]`); fails on a breaking change not acknowledged in contracts/acknowledged-changes.yaml."""
+    session.run("python", "-m", "contracts", "diff", *session.posargs)
+
+
 @nox.session(python=False)
 def tests(session: nox.Session) -> None:
-    """Everything: generated code matches the protos, lint, then every test."""
+    """Everything: generated code matches the protos, the last commit breaks no contract
+    unacknowledged, lint, then every test."""
     session.run("python", "-m", "contracts.generate", "--check")
+    has_parent = ["git", "rev-parse", "--verify", "--quiet", "HEAD~1"]
+    if subprocess.run(has_parent, check=False, capture_output=True).returncode == 0:
+        session.run("python", "-m", "contracts", "diff", "HEAD~1", "HEAD")
+    else:
+        session.log("contracts diff skipped: HEAD has no parent commit here (a shallow clone?)")
     lint(session)
     session.run("pytest", *PYTEST_PARALLEL, *session.posargs)
 

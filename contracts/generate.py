@@ -54,14 +54,34 @@ def bin_dir() -> Path:
     return Path(sys.executable).parent
 
 
-def run_protoc(out: Path) -> None:
+def include_args(proto_dir: Path = PROTO_DIR) -> list[str]:
+    """protoc's -I arguments: our protos, then the well-known types and google/api/*.proto."""
     include_protobuf = Path(grpc_tools.__file__).parent / "_proto"
     site_packages = Path(descriptor_pb2.__file__).parents[2]  # where google/api/*.proto live
+    return [f"-I{proto_dir}", f"-I{include_protobuf}", f"-I{site_packages}"]
+
+
+def descriptor_set(proto_dir: Path) -> descriptor_pb2.FileDescriptorSet:
+    """Every proto under `proto_dir`, with its imports and source info (lines, comments)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "set.pb"
+        args = [
+            "grpc_tools.protoc",
+            *include_args(proto_dir),
+            "--include_imports",
+            "--include_source_info",
+            f"--descriptor_set_out={out}",
+            *(str(path.relative_to(proto_dir)) for path in proto_files(proto_dir)),
+        ]
+        if protoc.main(args) != 0:
+            raise SystemExit(f"protoc failed on {proto_dir}; see the errors above")
+        return descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+
+
+def run_protoc(out: Path) -> None:
     args = [
         "grpc_tools.protoc",
-        f"-I{PROTO_DIR}",
-        f"-I{include_protobuf}",
-        f"-I{site_packages}",
+        *include_args(),
         f"--plugin=protoc-gen-mypy={bin_dir() / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bin_dir() / 'protoc-gen-mypy_grpc'}",
         f"--python_out={out}",
