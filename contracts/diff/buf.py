@@ -15,10 +15,9 @@ from pathlib import Path
 from filelock import FileLock
 from google.protobuf import descriptor_pb2
 
-from contracts.generate import ROOT
+from contracts.generate import TOOLS_DIR
 
-TOOLS = ROOT / "tools"
-BUF = TOOLS / "node_modules" / ".bin" / "buf"
+BUF = TOOLS_DIR / "node_modules" / ".bin" / "buf"
 BUF_YAML = "version: v2\nbreaking:\n  use:\n    - FILE\n"
 GOOGLE_API = ("google/api/annotations.proto", "google/api/http.proto")
 
@@ -33,10 +32,10 @@ class BufFinding:
 
 def buf_binary() -> Path | None:
     """The pinned buf, installed with npm when missing; None when npm is not there either."""
-    with FileLock(TOOLS / ".install.lock"):  # parallel test workers install it once
+    with FileLock(TOOLS_DIR / ".install.lock"):  # parallel test workers install it once
         if not BUF.exists() and shutil.which("npm") is not None:
             install = ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"]
-            subprocess.run(install, cwd=TOOLS, check=True, timeout=300)
+            subprocess.run(install, cwd=TOOLS_DIR, check=True, timeout=300)
     return BUF if BUF.exists() else None
 
 

@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from contracts.diff.model import Contract, Enum, Field, Message, Method, Where
+from contracts.diff.model import Contract, Enum, Field, Message, Method, Route, Where
 from contracts.registry import documented_errors
 
 BREAKING, REVIEW, SAFE = "breaking", "review", "safe"
@@ -33,6 +33,7 @@ NEW_EVENT = "new event → old consumer"
 JSON_CLIENT = "JSON client (through Envoy) → new server"
 GENERATED_CODE = "code generated from the old protos"
 NUMBERS = re.compile(r"\d+(?:[.,]\d+)?")
+TEMPLATE_VARIABLE = re.compile(r"{([^}=]+)(?:=[^}]*)?}")  # {space_id} or {name=spaces/*}
 
 
 @dataclass(frozen=True)
@@ -506,12 +507,24 @@ def _routes(old: Method, new: Method) -> list[Change]:
             before, after = getattr(route, part), getattr(now, part)
             if before != after:
                 message = (
-                    f"{part.replace('_', ' ')} {before or '(none)'} → {after or '(none)'} (was {route}, now {now})"
+                    f"{part.replace('_', ' ')} {before or '(none)'} → {after or '(none)'}; "
+                    f"OpenAPI operation {openapi_operation(route)} → {openapi_operation(now)}"
                 )
                 changes.append(_route_change(rule, old.name, message, old, new))
     for route in new.routes[len(old.routes) :]:
         changes.append(Change("HTTP_ROUTE_ADDED", "SAFE", SAFE, new.name, f"route {route} added", None, new.where))
     return changes
+
+
+def openapi_operation(route: Route) -> str:
+    """The route as services/api/openapi.yaml names it: `post /v1/spaces/{spaceId}/documents`
+    (variables by their JSON names, without their patterns)."""
+
+    def variable(match: re.Match[str]) -> str:
+        head, *rest = match.group(1).split("_")
+        return "{" + head + "".join(part.capitalize() for part in rest) + "}"
+
+    return f"{route.verb} {TEMPLATE_VARIABLE.sub(variable, route.path)}"
 
 
 def _route_change(rule: str, element: str, message: str, old: Method, new: Method | None) -> Change:
