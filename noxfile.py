@@ -10,6 +10,8 @@
     uv run --frozen nox -s bench        every benchmark, printed (stops a running stack first)
     uv run --frozen nox -s contracts-diff [-- BASE [HEAD]]
                                         what changed in proto/ and whom it breaks (python -m contracts diff)
+    uv run --frozen nox -s fuzz [-- --max-examples N]
+                                        schemathesis against Envoy from the OpenAPI (python -m contracts.fuzz)
     uv run --frozen nox -s load -- SCENARIO [options]
                                         a Locust load run to its SLO verdict (python -m loadtests run)
 """
@@ -55,6 +57,12 @@ def contracts_diff(session: nox.Session) -> None:
     """The contract review of the working tree against the merge-base with main (or `-- BASE
     [HEAD]`); fails on a breaking change not acknowledged in contracts/acknowledged-changes.yaml."""
     session.run("python", "-m", "contracts", "diff", *session.posargs)
+
+
+@nox.session(python=False)
+def fuzz(session: nox.Session) -> None:
+    """schemathesis against the running stack's Envoy (started if needed)."""
+    session.run("python", "-m", "contracts.fuzz", *session.posargs)
 
 
 @nox.session(python=False)
