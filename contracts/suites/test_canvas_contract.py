@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from google.protobuf.message import Message
@@ -196,6 +197,26 @@ async def test_get_canvas_of_a_space_the_caller_is_not_in_or_that_does_not_exist
 
 
 # ------------------------------------------------------------- PlaceNode
+
+
+@contract("canvas.v1.CanvasService/PlaceNode")
+async def test_place_node_over_json_reads_no_body_and_nulls_as_defaults(
+    stack: StackEndpoints, setup_transport: Transport
+) -> None:
+    """As the proto3 JSON mapping says and services/api/openapi.yaml documents (schemathesis
+    found both accepted while the document refused them)."""
+    team = await new_team(setup_transport)
+    url = f"{stack.envoy_http}/v1/spaces/{team.space_id}/canvas/nodes"
+    headers = {"authorization": f"Bearer {team.editor.access_token}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, headers=headers) as answer:
+            assert answer.status == 200, await answer.text()
+            no_body = (await answer.json())["node"]
+        async with session.post(url, headers=headers, json={"label": None, "x": 5, "height": None}) as answer:
+            assert answer.status == 200, await answer.text()
+            nulls = (await answer.json())["node"]
+    assert (no_body["label"], no_body["x"], no_body["width"], no_body["height"]) == ("", 0, 200, DEFAULT_HEIGHT)
+    assert (nulls["label"], nulls["x"], nulls["height"]) == ("", 5, DEFAULT_HEIGHT)
 
 
 @contract("canvas.v1.CanvasService/PlaceNode")
