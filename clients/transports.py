@@ -275,6 +275,10 @@ DEADLINE_SUSPECTS = frozenset(
     {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
 )
 
+# The deadline travels as a grpc-timeout header of whole milliseconds, and Envoy's timers tick in
+# milliseconds: Envoy may end a call a moment before the client's own clock says it is due.
+DEADLINE_SLACK_S = 0.005
+
 AnyReply = TypeVar("AnyReply", Reply, StreamReply)
 P = ParamSpec("P")
 
@@ -282,7 +286,7 @@ P = ParamSpec("P")
 def settle_deadline(reply: AnyReply, elapsed_s: float, timeout: float) -> AnyReply:
     """DEADLINE_EXCEEDED for a call that failed once its deadline had passed, whoever (client,
     Envoy, service) noticed the deadline first; the original text stays in `details`."""
-    if reply.code in DEADLINE_SUSPECTS and elapsed_s >= timeout:
+    if reply.code in DEADLINE_SUSPECTS and elapsed_s >= timeout - DEADLINE_SLACK_S:
         return dataclasses.replace(reply, code=grpc.StatusCode.DEADLINE_EXCEEDED)
     return reply
 
