@@ -31,7 +31,7 @@ from fixtures.knowledge import EDITOR, add_member, create_document, create_space
 from services.api.chat.v1 import chat_pb2
 from simulations.endpoints import StackEndpoints
 from simulations.rundir import RunDirectory
-from simulations.supervisor import running_state, start_detached
+from simulations.supervisor import healthy_stack
 
 OPENAPI = OUTPUT_DIR / "openapi.yaml"
 # The services of the stack, by their OpenAPI tags.
@@ -115,11 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     run_dir = RunDirectory()
-    state = running_state(run_dir)
-    if state is None or state.phase != "healthy":
-        print("starting the stack in the background ...", flush=True)
-        state = start_detached(run_dir)
-    stack = StackEndpoints(state, run_dir.platform_secret())
+    stack = StackEndpoints(healthy_stack(run_dir), run_dir.platform_secret())
     world = asyncio.run(make_world(stack))
     running = "|".join(tag for service, tag in TAGS.items() if stack.has(service))
     print(f"fuzzing the JSON API of {running.replace('|', ', ')} through {stack.envoy_http}", flush=True)

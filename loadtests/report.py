@@ -86,20 +86,20 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "request"
 
 
-def trace_breakdown(clickhouse_url: str, run: str, since_ns: int, expected_min: int = 1) -> tuple[Breakdown, int]:
-    """The run's traces, once they have settled in the store (the count stops growing)."""
+def trace_breakdown(clickhouse_url: str, run: str, since_ns: int) -> tuple[Breakdown, int]:
+    """The run's traces, read once they have settled in the store (their span count stops
+    growing, or SETTLE_S passes)."""
     client = connect(clickhouse_url)
     try:
         store = TraceStore(client)
         deadline = time.monotonic() + SETTLE_S
-        trees = store.traces_with("load.run", run, since_ns)
+        count = store.span_count_with("load.run", run, since_ns)
         while time.monotonic() < deadline:
             time.sleep(2.0)
-            again = store.traces_with("load.run", run, since_ns)
-            settled = len(again) == len(trees) and sum(len(t.spans) for t in again) == sum(len(t.spans) for t in trees)
-            trees = again
-            if settled and len(trees) >= expected_min:
+            previous, count = count, store.span_count_with("load.run", run, since_ns)
+            if count and count == previous:
                 break
+        trees = store.traces_with("load.run", run, since_ns)
     finally:
         client.close()
     return breakdown(trees), len(trees)

@@ -34,7 +34,7 @@ from loadtests.slo import load_objectives, measured_from_csv, render, unexpected
 from observability.testing import flush_receiver
 from simulations.endpoints import StackEndpoints
 from simulations.rundir import RunDirectory
-from simulations.supervisor import running_state, start_detached
+from simulations.supervisor import healthy_stack
 
 HERE = Path(__file__).parent
 MAX_USERS, MAX_WORKERS, MAX_DURATION_S, MAX_ARRIVAL_RATE = 1000, 8, 4 * 3600, 2000.0
@@ -146,11 +146,7 @@ def options_from(args: argparse.Namespace) -> RunOptions:
 
 
 def stack_endpoints(run_dir: RunDirectory) -> StackEndpoints:
-    state = running_state(run_dir)
-    if state is None or state.phase != "healthy":
-        print("starting the stack in the background ...", flush=True)
-        state = start_detached(run_dir)
-    stack = StackEndpoints(state, run_dir.platform_secret())
+    stack = StackEndpoints(healthy_stack(run_dir), run_dir.platform_secret())
     if not stack.envoy_http.startswith(tuple(f"http://{host}:" for host in LOOPBACK)):
         raise SystemExit(f"load runs target loopback addresses only, not {stack.envoy_http}")
     return stack

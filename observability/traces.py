@@ -217,6 +217,13 @@ SPAN_COLUMNS = (
 )
 
 
+# The traces begun after %(since)s (ns) in which a span has attribute %(key)s = %(value)s; the
+# caller closes the subquery (after an ORDER BY / LIMIT of its own, if any).
+_MARKED_TRACES = f"""Timestamp >= fromUnixTimestamp64Nano(toInt64(%(since)s)) AND TraceId IN (
+    SELECT DISTINCT TraceId FROM {TABLE}
+    WHERE Timestamp >= fromUnixTimestamp64Nano(toInt64(%(since)s)) AND SpanAttributes[%(key)s] = %(value)s"""
+
+
 def span_of(row: Sequence[Any]) -> Span:
     return Span(
         trace_id=row[0],
@@ -293,20 +300,21 @@ class TraceStore:
         ]
 
     def traces_with(self, key: str, value: str, since_ns: int, limit: int = 5000) -> list[TraceTree]:
-        """Whole traces, begun after `since_ns` (since the epoch), in which some span has the attribute `key` =
-        `value` (a load run's mark, for instance); an even sample of `limit` when there are more."""
-        sql = f"""
-            SELECT {SPAN_COLUMNS} FROM {TABLE}
-            WHERE Timestamp >= fromUnixTimestamp64Nano(toInt64(%(since)s)) AND TraceId IN (
-                SELECT DISTINCT TraceId FROM {TABLE}
-                WHERE Timestamp >= fromUnixTimestamp64Nano(toInt64(%(since)s)) AND SpanAttributes[%(key)s] = %(value)s
-                ORDER BY cityHash64(TraceId) LIMIT %(limit)s)
-        """
+        """Whole traces, begun after `since_ns` (since the epoch), in which some span has the
+        attribute `key` = `value` (a load run's mark, for instance); an even sample of `limit`
+        when there are more."""
+        sql = f"SELECT {SPAN_COLUMNS} FROM {TABLE} WHERE {_MARKED_TRACES} ORDER BY cityHash64(TraceId) LIMIT %(limit)s)"
         spans: dict[str, list[Span]] = {}
         for row in self._rows(sql, {"since": since_ns, "key": key, "value": value, "limit": limit}):
             item = span_of(row)
             spans.setdefault(item.trace_id, []).append(item)
         return [TraceTree(items) for items in spans.values()]
+
+    def span_count_with(self, key: str, value: str, since_ns: int) -> int:
+        """How many spans the traces of `traces_with` hold in all: to see when they stop growing."""
+        sql = f"SELECT count() FROM {TABLE} WHERE {_MARKED_TRACES})"
+        [[count]] = self._rows(sql, {"since": since_ns, "key": key, "value": value})
+        return int(count)
 
     def error_spans(self, window_s: int = 900, limit: int = 50) -> list[Span]:
         sql = f"""

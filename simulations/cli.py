@@ -20,7 +20,7 @@ from typing import Any
 from simulations.components.base import ComponentContext, NotReady
 from simulations.platform import PLATFORM
 from simulations.rundir import ComponentRecord, RunDirectory, StackState
-from simulations.supervisor import running_state, start_detached, stop_stack, supervise
+from simulations.supervisor import healthy_stack, running_state, start_detached, stop_stack, supervise
 from simulations.topology import Topology
 
 
@@ -129,14 +129,11 @@ def command_down(args: argparse.Namespace, run_dir: RunDirectory, topology: Topo
 def command_run(args: argparse.Namespace, run_dir: RunDirectory, topology: Topology) -> int:
     from simulations.scenarios import run_scenario
 
-    state = running_state(run_dir)
-    if state is None or state.phase != "healthy":
-        print("starting the stack in the background ...", flush=True)
-        try:
-            state = start_detached(run_dir)
-        except RuntimeError as error:
-            print(f"stack failed to start: {error}", file=sys.stderr)
-            return 1
+    try:
+        state = healthy_stack(run_dir)
+    except RuntimeError as error:
+        print(f"stack failed to start: {error}", file=sys.stderr)
+        return 1
     code = run_scenario(args.scenario, state, run_dir.platform_secret())
     print("the stack keeps running; `python -m simulations down` stops it")
     return code

@@ -102,6 +102,16 @@ def start_detached(run_dir: RunDirectory, extra_args: Sequence[str] = ()) -> Sta
     raise RuntimeError(f"stack not healthy after {DETACHED_START_TIMEOUT_S:.0f} s; see {log_path}")
 
 
+def healthy_stack(run_dir: RunDirectory) -> StackState:
+    """The running stack's state; a stack started in the background first when none is
+    healthy (what every command that needs the stack does)."""
+    state = running_state(run_dir)
+    if state is None or state.phase != "healthy":
+        print("starting the stack in the background ...", flush=True)
+        state = start_detached(run_dir)
+    return state
+
+
 def running_state(run_dir: RunDirectory) -> StackState | None:
     """The state of a stack whose supervisor is alive, or None."""
     state = run_dir.read_state()

@@ -25,7 +25,7 @@ import websocket
 from locust import constant_pacing
 
 from clients.websocket import websocket_url
-from loadtests.users.kit import TIMEOUT_S, LoadError, ScenarioUser
+from loadtests.users.kit import TIMEOUT_S, LoadError, ScenarioUser, fire_request
 
 WS_PATH, SUBPROTOCOL = "/v1/canvas/ws", "kp.canvas.v1"
 CURSOR_INTERVAL_S = 0.5
@@ -74,9 +74,7 @@ class Collaborator(ScenarioUser):
         super().on_stop()
 
     def report(self, name: str, milliseconds: float, error: LoadError | None = None) -> None:
-        self.environment.events.request.fire(
-            request_type="WS", name=name, response_time=milliseconds, response_length=0, exception=error, context={}
-        )
+        fire_request(self.environment.events, "WS", name, milliseconds, error)
 
     def join(self) -> None:
         began = time.perf_counter()
@@ -119,7 +117,8 @@ class Collaborator(ScenarioUser):
                 self.report("move", TIMEOUT_S * 1000, LoadError(grpc.StatusCode.DEADLINE_EXCEEDED, "no answer"))
                 self.moving = None
         except (websocket.WebSocketException, OSError):
-            pass  # the receiver reports how the socket ended
+            # The socket is gone: the receiver reports how it ended; the next tick joins again.
+            self.socket = None
 
     tasks = [tick]
 
@@ -147,7 +146,8 @@ class Collaborator(ScenarioUser):
             ended = f"the connection was lost: {type(error).__name__}"
         if not self.stopping:
             self.report("session", 0, LoadError(grpc.StatusCode.UNAVAILABLE, ended))
-            self.socket = None
+            if self.socket is socket:  # not a session joined since
+                self.socket = None
 
     def handle(self, message: dict[str, Any], arrived: float) -> None:
         if "nodeChanged" in message:

@@ -99,6 +99,20 @@ def began_at() -> float:
     return due if due is not None else time.perf_counter()
 
 
+def fire_request(
+    events: Any, request_type: str, name: str, milliseconds: float, error: LoadError | None, length: int = 0
+) -> None:
+    """One request in Locust's statistics (a failure when `error` is given)."""
+    events.request.fire(
+        request_type=request_type,
+        name=name,
+        response_time=milliseconds,
+        response_length=length,
+        exception=error,
+        context={},
+    )
+
+
 class _Reporting:
     request_type = ""
 
@@ -108,14 +122,7 @@ class _Reporting:
 
     def report(self, name: str, began: float, length: int, error: LoadError | None) -> None:
         self.last_error = error
-        self.events.request.fire(
-            request_type=self.request_type,
-            name=name,
-            response_time=(time.perf_counter() - began) * 1000,
-            response_length=length,
-            exception=error,
-            context={},
-        )
+        fire_request(self.events, self.request_type, name, (time.perf_counter() - began) * 1000, error, length)
 
 
 class JsonEdge(_Reporting):
@@ -187,26 +194,20 @@ class GrpcEdge(_Reporting):
 
     def call(self, name: str, method: str, request: Message, token: str = "") -> Any:
         ref = MethodRef.of(method)
-        stub = self.channel.unary_unary(
-            ref.path, request_serializer=_serialize, response_deserializer=ref.response_class().FromString
-        )
-        began = began_at()
-        try:
-            response = stub(request, metadata=self._metadata(token), timeout=TIMEOUT_S)
-        except grpc.RpcError as error:
-            self.report(name, began, 0, LoadError(error.code(), error.details() or ""))
-            return None
-        self.report(name, began, response.ByteSize(), None)
-        return response
+        stub = self.channel.unary_unary(ref.path, _serialize, ref.response_class().FromString)
+        answered = self._invoke(name, lambda: [stub(request, metadata=self._metadata(token), timeout=TIMEOUT_S)])
+        return answered[0] if answered else None
 
     def stream(self, name: str, method: str, request: Message, token: str = "") -> list[Any] | None:
         ref = MethodRef.of(method)
-        stub = self.channel.unary_stream(
-            ref.path, request_serializer=_serialize, response_deserializer=ref.response_class().FromString
-        )
+        stub = self.channel.unary_stream(ref.path, _serialize, ref.response_class().FromString)
+        return self._invoke(name, lambda: list(stub(request, metadata=self._metadata(token), timeout=TIMEOUT_S)))
+
+    def _invoke(self, name: str, exchange: Callable[[], list[Message]]) -> list[Message] | None:
+        """Every message of one call, reported as one request (timed to its last message)."""
         began = began_at()
         try:
-            messages = list(stub(request, metadata=self._metadata(token), timeout=TIMEOUT_S))
+            messages = exchange()
         except grpc.RpcError as error:
             self.report(name, began, 0, LoadError(error.code(), error.details() or ""))
             return None
@@ -291,14 +292,8 @@ def paced(action: Callable[[Any], None]) -> Callable[[Any], None]:
             user.next_arrival = time.perf_counter()
         due = user.next_arrival
         if user.in_flight.full():
-            user.environment.events.request.fire(
-                request_type="LOAD",
-                name="arrival dropped",
-                response_time=0,
-                response_length=0,
-                exception=LoadError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_IN_FLIGHT} actions already in flight"),
-                context={},
-            )
+            too_many = LoadError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_IN_FLIGHT} actions already in flight")
+            fire_request(user.environment.events, "LOAD", "arrival dropped", 0, too_many)
             return
 
         def run() -> None:
