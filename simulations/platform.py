@@ -17,6 +17,7 @@ from simulations.components.otlp import OtlpReceiver
 from simulations.components.postgres import PostgreSQL
 from simulations.components.redis import Redis
 from simulations.components.service import (
+    ActivityService,
     AuthService,
     CanvasReplica,
     CanvasService,
@@ -34,8 +35,9 @@ POSTGRES_DATABASES = ("auth", "knowledge", "chat", "notifications", "ml")
 # Services that publish events: one topic each (see proto/events/v1/envelope.proto).
 EVENT_PRODUCERS = ("auth", "knowledge", "chat", "canvas", "notifications", "ml")
 
-# ClickHouse databases: traces (created by the receiver's schema) and activity.
-CLICKHOUSE_DATABASES = ("otel", "activity")
+# ClickHouse databases provisioned by the launcher: the traces' (its tables are created by the
+# receiver's schema). The activity service creates its own database.
+CLICKHOUSE_DATABASES = ("otel",)
 
 # Routes Envoy lets through without a token (JSON paths and gRPC methods).
 PUBLIC_PATHS = (
@@ -67,6 +69,7 @@ SERVICES: tuple[type[ServiceComponent], ...] = (
     ChatService,
     CanvasService,
     CanvasReplica,
+    ActivityService,
 )
 
 

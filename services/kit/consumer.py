@@ -166,13 +166,7 @@ class EventConsumer:
         await self.consumer.start()
 
     async def wait_assigned(self, timeout_s: float = 15.0) -> None:
-        """Until the group gave this consumer its partitions and their starting offsets are
-        known, so an event produced from now on is seen whatever `start_from` says."""
-        async with asyncio.timeout(timeout_s):
-            while not self.consumer.assignment():
-                await asyncio.sleep(0.05)
-            for partition in self.consumer.assignment():
-                await self.consumer.position(partition)
+        await wait_assigned(self.consumer, timeout_s)
 
     async def stop(self) -> None:
         await self.consumer.stop()
@@ -281,18 +275,34 @@ class EventConsumer:
             return
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        """Park the record, unchanged, with where it came from and why."""
         span = trace.get_current_span()
         span.set_status(Status(StatusCode.ERROR, reason))
         span.set_attribute("event.dead_lettered", True)
-        headers = [
-            *(record.headers or ()),
-            ("dlq.reason", reason.encode()),
-            ("dlq.original_topic", record.topic.encode()),
-            ("dlq.original_partition", str(record.partition).encode()),
-            ("dlq.original_offset", str(record.offset).encode()),
-            ("dlq.consumer_group", self.group_id.encode()),
-        ]
-        await self.producer.send_raw(dead_letter_topic(self.group_id), record.value, record.key, headers)
+        await dead_letter(self.producer, self.group_id, record, reason)
         self.stats.dead_lettered += 1
-        log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+
+
+async def wait_assigned(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
+    """Until the group gave this consumer its partitions and their starting offsets are known,
+    so an event produced from now on is seen whatever `start_from` says."""
+    async with asyncio.timeout(timeout_s):
+        while not consumer.assignment():
+            await asyncio.sleep(0.05)
+        for partition in consumer.assignment():
+            await consumer.position(partition)
+
+
+async def dead_letter(
+    producer: EventProducer, group_id: str, record: ConsumerRecord[bytes, bytes], reason: str
+) -> None:
+    """Park the record, unchanged, on the group's dead-letter topic, with where it came from and why."""
+    headers = [
+        *(record.headers or ()),
+        ("dlq.reason", reason.encode()),
+        ("dlq.original_topic", record.topic.encode()),
+        ("dlq.original_partition", str(record.partition).encode()),
+        ("dlq.original_offset", str(record.offset).encode()),
+        ("dlq.consumer_group", group_id.encode()),
+    ]
+    await producer.send_raw(dead_letter_topic(group_id), record.value, record.key, headers)
+    log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)

@@ -176,3 +176,12 @@ class CanvasReplica(CanvasService):
     name = "canvas-2"
     default_ports = {"grpc": 15056, "ws": 15066}
     replica_of = "canvas"
+
+
+class ActivityService(ServiceComponent):
+    """Its ClickHouse database is its own: created and migrated by the service at start."""
+
+    name = "activity"
+    default_ports = {"grpc": 15057}
+    depends_on = ("clickhouse", "redis", "kafka")
+    grpc_services = ("activity.v1.ActivityService",)

@@ -60,6 +60,16 @@ class _ActivityKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Activity
     """Placed, moved or removed a canvas node; requires space_id."""
     ACTIVITY_KIND_SIGNED_IN: _ActivityKind.ValueType  # 6
     """Signed in or signed up; space_id and document_id must be empty."""
+    ACTIVITY_KIND_SPACE_CHANGED: _ActivityKind.ValueType  # 7
+    """Created a space or changed its members or roles (knowledge.space.created,
+    knowledge.member.*); space_id is set. Recorded from platform events only: TrackEvent
+    refuses it.
+    """
+    ACTIVITY_KIND_PLATFORM_EVENT: _ActivityKind.ValueType  # 8
+    """Any other platform event, present or future (e.g. a notification sent, a model
+    deployed); attributes["event_type"] names it. Recorded from platform events only:
+    TrackEvent refuses it.
+    """
 
 class ActivityKind(_ActivityKind, metaclass=_ActivityKindEnumTypeWrapper):
     """ActivityKind is what the user did."""
@@ -78,6 +88,16 @@ ACTIVITY_KIND_CANVAS_EDITED: ActivityKind.ValueType  # 5
 """Placed, moved or removed a canvas node; requires space_id."""
 ACTIVITY_KIND_SIGNED_IN: ActivityKind.ValueType  # 6
 """Signed in or signed up; space_id and document_id must be empty."""
+ACTIVITY_KIND_SPACE_CHANGED: ActivityKind.ValueType  # 7
+"""Created a space or changed its members or roles (knowledge.space.created,
+knowledge.member.*); space_id is set. Recorded from platform events only: TrackEvent
+refuses it.
+"""
+ACTIVITY_KIND_PLATFORM_EVENT: ActivityKind.ValueType  # 8
+"""Any other platform event, present or future (e.g. a notification sent, a model
+deployed); attributes["event_type"] names it. Recorded from platform events only:
+TrackEvent refuses it.
+"""
 Global___ActivityKind: _TypeAlias = ActivityKind  # noqa: Y015
 
 class _TimeWindow:
@@ -114,7 +134,12 @@ Global___TimeWindow: _TypeAlias = TimeWindow  # noqa: Y015
 
 @_typing.final
 class ActivityEvent(_message.Message):
-    """ActivityEvent is one thing a user did."""
+    """ActivityEvent is one thing a user did.
+    A platform-derived event carries attributes["event_type"] and ["producer"] from its
+    envelope, plus its subject ids other than space_id and document_id (e.g. "node_id").
+    A click on a search hit is a DOCUMENT_VIEWED event (it counts as a view) with
+    attributes {"via": "search", "query": "...", "rank": "1"}.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -157,7 +182,7 @@ class ActivityEvent(_message.Message):
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When it happened (client clock); required; no more than 30 days in the past and no
-        more than 5 minutes in the future, relative to server time.
+        more than 5 minutes in the future, relative to server time. Kept to the microsecond.
         """
 
     @_builtins.property
