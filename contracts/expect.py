@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import TypeVar
 
 import grpc
@@ -13,7 +14,8 @@ from google.rpc import error_details_pb2
 
 from clients.http_rules import http_status_for_grpc_code
 from clients.transports import JSON_HTTP, MethodRef, Reply, Transport
-from contracts.values import BAD_TOKENS, forged_token
+from contracts.values import BAD_TOKENS, forged_token, new_id
+from fixtures.accounts import Account
 
 M = TypeVar("M", bound=Message)
 
@@ -59,6 +61,18 @@ async def expect_needs_a_valid_token(transport: Transport, method: MethodRef, re
     """Envoy refuses the call at the edge without a token, with a malformed one and with a forged one."""
     for token in (*BAD_TOKENS, forged_token()):
         expect_error(await transport.unary(method, request, token=token), grpc.StatusCode.UNAUTHENTICATED)
+
+
+async def expect_outsiders_and_missing_spaces_denied(
+    transport: Transport, method: MethodRef, request_for: Callable[[str], Message], outsider: Account, space_id: str
+) -> None:
+    """PERMISSION_DENIED, naming the space, for a space the caller is not a member of and for a
+    space that does not exist."""
+    missing = new_id()
+    there = await transport.unary(method, request_for(space_id), token=outsider.access_token)
+    nowhere = await transport.unary(method, request_for(missing), token=outsider.access_token)
+    expect_error(there, grpc.StatusCode.PERMISSION_DENIED, f"space {space_id}")
+    expect_error(nowhere, grpc.StatusCode.PERMISSION_DENIED, f"space {missing}")
 
 
 def assert_canonical_id(value: str) -> None:

@@ -19,9 +19,8 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from google.protobuf.message import Message
 
-from clients.transports import MethodRef, Reply, Transport
+from clients.transports import Reply, Transport
 from contracts.expect import (
     assert_canonical_id,
     assert_recent,
@@ -29,6 +28,7 @@ from contracts.expect import (
     expect_invalid_field,
     expect_needs_a_valid_token,
     expect_ok,
+    expect_outsiders_and_missing_spaces_denied,
 )
 from contracts.registry import contract
 from contracts.values import BAD_TOKENS, MALFORMED_IDS, forged_token, moment, new_id
@@ -86,18 +86,6 @@ def case(field: str, **changes: Any) -> Any:
 def fields_of(node: canvas_pb2.Node) -> tuple[Any, ...]:
     """What a node is, apart from its version, author and time."""
     return (node.node_id, node.space_id, node.document_id, node.label, node.x, node.y, node.width, node.height)
-
-
-async def expect_outsiders_and_missing_spaces_denied(
-    transport: Transport, method: MethodRef, request_for: Callable[[str], Message], outsider: Account, space_id: str
-) -> None:
-    """PERMISSION_DENIED, naming the space, for a space the caller is not a member of and for a
-    space that does not exist."""
-    missing = new_id()
-    there = await transport.unary(method, request_for(space_id), token=outsider.access_token)
-    nowhere = await transport.unary(method, request_for(missing), token=outsider.access_token)
-    expect_error(there, grpc.StatusCode.PERMISSION_DENIED, f"space {space_id}")
-    expect_error(nowhere, grpc.StatusCode.PERMISSION_DENIED, f"space {missing}")
 
 
 def expect_editor_needed(reply: Reply) -> None:
