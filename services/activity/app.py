@@ -37,7 +37,7 @@ class ActivitySettings(ServiceSettings):
     write_batch: int = 20_000
     write_interval_s: float = 0.1
     # How soon a new platform topic is noticed.
-    topic_discovery_s: float = 30.0
+    topic_discovery_s: float = 10.0
     # Backstop expiry of cached space access (services.kit.access); epochs make changes immediate.
     access_cache_ttl_s: float = 30.0
 
