@@ -52,6 +52,9 @@ PROFILES: dict[str, Profile] = {
         # so a client that stops reading falls behind in seconds.
         Profile("canvas-faults", 2000, ("envoy",), {**LEXICAL, "KP_SESSION_QUEUE": "50"}),
         Profile("bench-canvas", 2100, ("envoy",), {**LEXICAL, "KP_TRACE_SAMPLE_RATIO": "0.1"}),
+        Profile("bench-activity", 2200, ("envoy",), {**LEXICAL, "KP_TRACE_SAMPLE_RATIO": "0.1"}),
+        # The activity service killed mid-batch and its consumer group replayed from the start.
+        Profile("activity-faults", 2300, ("auth", "knowledge", "activity")),
     )
 }
 
