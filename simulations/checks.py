@@ -32,6 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.canvas import Collaborator, NodeChanged
 from clients.transports import JSON_HTTP, Transport, grpc_web_frame, parse_grpc_web, transport_for
+from services.api.activity.v1 import activity_pb2
 from services.api.auth.v1 import auth_pb2
 from services.api.canvas.v1 import canvas_pb2
 from services.api.chat.v1 import chat_pb2
@@ -492,6 +493,41 @@ async def check_canvas_replica(stack: StackEndpoints) -> str:
     return await check_canvas_instance(stack, "canvas-2", "canvas")
 
 
+async def check_activity(stack: StackEndpoints) -> str:
+    """A new document's creation (from knowledge's events) and a view tracked by the client are
+    both counted in the document's stats."""
+    visitor = await Visitor.signed_up(stack)
+    try:
+        space_id, document_id = await visitor.space_with_document()
+        view = activity_pb2.ActivityEvent(
+            event_id=str(uuid.uuid4()),
+            kind=activity_pb2.ACTIVITY_KIND_DOCUMENT_VIEWED,
+            space_id=space_id,
+            document_id=document_id,
+        )
+        view.occurred_at.GetCurrentTime()
+        await visitor.call(
+            "activity.v1.ActivityService/TrackEvent",
+            activity_pb2.TrackEventRequest(event=view),
+            activity_pb2.TrackEventResponse,
+        )
+        began = time.monotonic()
+        request = activity_pb2.GetDocumentStatsRequest(
+            space_id=space_id, document_id=document_id, window=activity_pb2.TIME_WINDOW_LAST_HOUR
+        )
+        while True:
+            stats = await visitor.call(
+                "activity.v1.ActivityService/GetDocumentStats", request, activity_pb2.GetDocumentStatsResponse
+            )
+            if (stats.views, stats.edits) == (1, 1) or time.monotonic() - began > 30:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await visitor.close()
+    assert (stats.views, stats.edits) == (1, 1), f"after 30 s the stats say {stats.views} views, {stats.edits} edits"
+    return f"a tracked view and the document's creation counted in its stats within {time.monotonic() - began:.1f} s"
+
+
 CHECKS: dict[str, Check] = {
     "kafka": check_kafka,
     "postgres": check_postgres,
@@ -507,4 +543,5 @@ CHECKS: dict[str, Check] = {
     "chat": check_chat,
     "canvas": check_canvas,
     "canvas-2": check_canvas_replica,
+    "activity": check_activity,
 }
