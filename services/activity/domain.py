@@ -191,7 +191,9 @@ def checked_attributes(attributes: Mapping[str, str], field_name: str) -> dict[s
     for key, value in sorted(attributes.items()):
         shown = key if len(key) <= 40 else key[:40] + "…"
         if not 1 <= len(key) <= ATTRIBUTE_KEY_MAX:
-            raise InvalidArgument(field_name, f"keys must be 1–{ATTRIBUTE_KEY_MAX} characters, got {len(key)} ({shown!r})")
+            raise InvalidArgument(
+                field_name, f"keys must be 1–{ATTRIBUTE_KEY_MAX} characters, got {len(key)} ({shown!r})"
+            )
         if len(value) > ATTRIBUTE_VALUE_MAX:
             raise InvalidArgument(
                 field_name, f"the value of {shown!r} must be 0–{ATTRIBUTE_VALUE_MAX} characters, got {len(value)}"
