@@ -356,6 +356,21 @@ async def test_get_user_timeline_keeps_to_the_time_range_and_pages_20_by_default
         "start_time ≤ occurred_at < end_time"
     )
     assert ranged.next_page_token == ""
+    # Bounds at the ends of Timestamp's range (0001 to 9999) are bounds like any other.
+    first_moment, last_moment = datetime(1, 1, 1, 0, 0, 1, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC)
+    for start_time, end_time, count in (
+        (None, first_moment, 0),
+        (last_moment, None, 0),
+        (first_moment, last_moment, 25),
+    ):
+        request = activity_pb2.GetUserTimelineRequest(page_size=100)
+        if start_time is not None:
+            request.start_time.CopyFrom(stamp(start_time))
+        if end_time is not None:
+            request.end_time.CopyFrom(stamp(end_time))
+        reply = await transport.unary(GET_USER_TIMELINE, request, token=account.access_token)
+        found = client_events(list(expect_ok(reply, activity_pb2.GetUserTimelineResponse).events))
+        assert len(found) == count, (start_time, end_time)
     first = expect_ok(
         await transport.unary(GET_USER_TIMELINE, activity_pb2.GetUserTimelineRequest(), token=account.access_token),
         activity_pb2.GetUserTimelineResponse,

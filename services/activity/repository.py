@@ -62,6 +62,15 @@ def id_or_empty(value: object) -> str:
     return "" if text == NONE else text
 
 
+# What DateTime64 holds. A bound outside it is the same bound as its edge: no event is earlier
+# than 1900 or later than 2299.
+EARLIEST, LATEST = datetime(1900, 1, 1, tzinfo=UTC), datetime(2299, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+def within_range(moment: datetime) -> datetime:
+    return min(max(moment, EARLIEST), LATEST)
+
+
 def utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
@@ -123,17 +132,17 @@ class ActivityStore:
         parameters: dict[str, object] = {"actor": actor_id, "limit": limit}
         if start is not None:
             conditions.append("occurred_at >= {start:DateTime64(6, 'UTC')}")
-            parameters["start"] = start
+            parameters["start"] = within_range(start)
         if end is not None:
             conditions.append("occurred_at < {end:DateTime64(6, 'UTC')}")
-            parameters["end"] = end
+            parameters["end"] = within_range(end)
         if after is not None:
             # The first condition lets the primary key skip what is newer; the second breaks ties.
             conditions.append("occurred_at <= {after_time:DateTime64(6, 'UTC')}")
             conditions.append(
                 "(occurred_at, toString(event_id)) < ({after_time:DateTime64(6, 'UTC')}, {after_id:String})"
             )
-            parameters |= {"after_time": after.moment, "after_id": after.key}
+            parameters |= {"after_time": within_range(after.moment), "after_id": after.key}
         query = (
             "SELECT toString(event_id), kind, toString(actor_id), toString(space_id), toString(document_id), "
             f"occurred_at, attributes, source FROM {self.table('events')} WHERE {' AND '.join(conditions)} "
