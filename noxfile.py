@@ -123,6 +123,7 @@ def bench(session: nox.Session) -> None:
         ("python", "-m", "loadtests.bench_getdocument"),
         ("python", "-m", "loadtests.bench_search"),
         ("python", "-m", "loadtests.bench_canvas"),
+        ("python", "-m", "loadtests.bench_activity"),
     ]
     missed = []
     for command in benchmarks:

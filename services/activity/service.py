@@ -35,9 +35,10 @@ from services.activity.repository import ActivityStore
 from services.activity.writer import EventWriter
 from services.kit.access import AccessCache
 from services.kit.batch_consumer import ConsumedEvent, Rejected
-from services.kit.errors import PermissionDenied
+from services.kit.errors import InvalidArgument, PermissionDenied
 from services.kit.ids import parse_id
 from services.kit.pagination import Page, page_of, page_request
+from services.kit.protos import moment_of
 
 VIEWER = 1
 MEMBERSHIP_CHANGED = ("knowledge.member.added", "knowledge.member.role_changed", "knowledge.member.removed")
@@ -100,11 +101,11 @@ class ActivityService:
                         envelope.event_type,
                         envelope.producer,
                         envelope.actor_user_id,
-                        dict(envelope.subject_ids),
-                        envelope.occurred_at.ToDatetime(tzinfo=UTC),
+                        envelope.subject_ids,
+                        moment_of(envelope.occurred_at, "occurred_at"),
                     )
                 )
-            except PlatformEventRejected as error:
+            except (PlatformEventRejected, InvalidArgument) as error:
                 rejected.append(Rejected(item, str(error)))
         await self.writer.record(events, [item.context for item in consumed])
         return rejected

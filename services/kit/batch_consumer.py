@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -41,6 +42,7 @@ from services.kit.kafka import EventProducer, messaging_attributes
 
 log = logging.getLogger("services.kit.batch_consumer")
 _tracer = trace.get_tracer("services.kit.batch_consumer")
+EMPTY_CONTEXT = Context()
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class BatchEventConsumer:
         topics: Sequence[str] = (),
         topic_pattern: str = "",
         max_batch: int = 20_000,
+        pipeline_depth: int = 2,
         commit_interval_s: float = 1.0,
         max_retry_delay_s: float = 10.0,
         metadata_max_age_ms: int = 30_000,
@@ -85,6 +88,7 @@ class BatchEventConsumer:
         self.handler = handler
         self.producer = producer
         self.max_batch = max_batch
+        self.pipeline_depth = pipeline_depth
         self.commit_interval_s = commit_interval_s
         self.max_retry_delay_s = max_retry_delay_s
         self.stats = ConsumerStats()
@@ -114,20 +118,32 @@ class BatchEventConsumer:
         await wait_assigned(self.consumer, timeout_s)
 
     async def run(self) -> None:
-        """Consume until cancelled."""
+        """Consume until cancelled.
+
+        Up to `pipeline_depth` batches are handled at once: the next fetch is decoded while the
+        last one is being written. Their offsets are taken in fetch order, each only once its
+        batch and every batch before it are done."""
         handled: dict[TopicPartition, int] = {}
+        in_flight: deque[tuple[asyncio.Task[None], dict[TopicPartition, int]]] = deque()
         last_commit = 0.0
         try:
             while True:
-                fetched = await self.consumer.getmany(timeout_ms=500, max_records=self.max_batch)
+                fetched = await self.consumer.getmany(timeout_ms=200, max_records=self.max_batch)
                 records = [record for batch in fetched.values() for record in batch]
                 if records:
-                    await self.handle(records)
-                    handled.update({partition: batch[-1].offset + 1 for partition, batch in fetched.items()})
+                    offsets = {partition: batch[-1].offset + 1 for partition, batch in fetched.items()}
+                    in_flight.append((asyncio.create_task(self.handle(records)), offsets))
+                while in_flight and (in_flight[0][0].done() or len(in_flight) >= self.pipeline_depth):
+                    task, offsets = in_flight.popleft()
+                    await task
+                    handled.update(offsets)
                 if handled and time.monotonic() - last_commit >= self.commit_interval_s:
                     await self.consumer.commit(handled)
                     handled, last_commit = {}, time.monotonic()
         finally:
+            for task, _ in in_flight:  # not durable: their records come again after a restart
+                task.cancel()
+            await asyncio.gather(*(task for task, _ in in_flight), return_exceptions=True)
             if handled:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.consumer.commit(handled), timeout=5)
@@ -180,6 +196,8 @@ class BatchEventConsumer:
         self, record: ConsumerRecord[bytes, bytes], envelope: EventEnvelope
     ) -> tuple[Context, trace.Span | None]:
         """The record's context, with a "process" span in the producer's trace when it has one."""
+        if not any(key == "traceparent" for key, _ in record.headers or ()):
+            return EMPTY_CONTEXT, None  # (extracting nothing costs as much as the rest of the record)
         producer_context = context_of_headers(record.headers)
         if not trace.get_current_span(producer_context).get_span_context().is_valid:
             return producer_context, None
