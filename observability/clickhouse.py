@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from urllib.parse import urlparse
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+
+from services.kit.clickhouse import sql_statements
 
 SCHEMA_FILE = Path(__file__).resolve().parent / "schema" / "otel_traces.sql"
 TRACES_DATABASE = "otel"
@@ -26,12 +27,6 @@ def connect(url: str, database: str = "default") -> Client:
     )
 
 
-def schema_statements(sql: str) -> list[str]:
-    """The statements of a .sql file: comments removed, split on ';'."""
-    without_comments = re.sub(r"--[^\n]*", "", sql)
-    return [statement.strip() for statement in without_comments.split(";") if statement.strip()]
-
-
 def apply_schema(client: Client, schema_file: Path = SCHEMA_FILE) -> None:
-    for statement in schema_statements(schema_file.read_text()):
+    for statement in sql_statements(schema_file.read_text()):
         client.command(statement)

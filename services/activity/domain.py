@@ -254,17 +254,6 @@ def platform_event(
     return ActivityEvent(event_id, kind, actor_id, space_id, document_id, occurred_at, attributes, source=event_type)
 
 
-def first_of_each_id(events: Sequence[ActivityEvent]) -> tuple[list[ActivityEvent], int]:
-    """The events with an id not seen earlier in the sequence, and how many repeated one."""
-    seen: set[str] = set()
-    kept = []
-    for event in events:
-        if event.event_id not in seen:
-            seen.add(event.event_id)
-            kept.append(event)
-    return kept, len(events) - len(kept)
-
-
 def time_range(start: datetime | None, end: datetime | None) -> tuple[datetime | None, datetime | None]:
     if start is not None and end is not None and not start < end:
         raise InvalidArgument("start_time", "must be before end_time")

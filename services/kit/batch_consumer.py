@@ -30,13 +30,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from google.protobuf.message import DecodeError
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.kit.consumer import ConsumerStats, dead_letter, wait_assigned
+from services.kit.consumer import ConsumerStats, dead_letter, group_consumer, wait_assigned
 from services.kit.events import EventEnvelope, context_of_headers
 from services.kit.kafka import EventProducer, messaging_attributes
 
@@ -92,13 +92,10 @@ class BatchEventConsumer:
         self.commit_interval_s = commit_interval_s
         self.max_retry_delay_s = max_retry_delay_s
         self.stats = ConsumerStats()
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=group_id,
-            client_id=group_id,
-            enable_auto_commit=False,
-            auto_offset_reset=start_from,
-            isolation_level="read_committed",
+        self.consumer = group_consumer(
+            bootstrap,
+            group_id,
+            start_from,
             metadata_max_age_ms=metadata_max_age_ms,
             # A whole batch may be fetched at once (the default stops at 50 MiB anyway).
             max_partition_fetch_bytes=8 * 1024 * 1024,

@@ -151,16 +151,8 @@ class EventConsumer:
         self.concurrency = concurrency
         self.commit_interval_s = commit_interval_s
         self.stats = ConsumerStats()
-        self.consumer = AIOKafkaConsumer(
-            *self.topics,
-            bootstrap_servers=bootstrap,
-            group_id=group_id,
-            client_id=group_id,
-            enable_auto_commit=False,
-            # A new group reads a topic from its start (nothing missed), or only what comes next.
-            auto_offset_reset=start_from,
-            isolation_level="read_committed",
-        )
+        self.consumer = group_consumer(bootstrap, group_id, start_from)
+        self.consumer.subscribe(topics=self.topics)
 
     async def start(self) -> None:
         await self.consumer.start()
@@ -280,6 +272,23 @@ class EventConsumer:
         span.set_attribute("event.dead_lettered", True)
         await dead_letter(self.producer, self.group_id, record, reason)
         self.stats.dead_lettered += 1
+
+
+def group_consumer(
+    bootstrap: str, group_id: str, start_from: Literal["earliest", "latest"], **options: int
+) -> AIOKafkaConsumer:
+    """A member of a consumer group that commits its offsets itself, after the work is durable,
+    and reads only committed (transactional) records; subscribe it to topics before starting."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        client_id=group_id,
+        enable_auto_commit=False,
+        # A new group reads a topic from its start (nothing missed), or only what comes next.
+        auto_offset_reset=start_from,
+        isolation_level="read_committed",
+        **options,
+    )
 
 
 async def wait_assigned(consumer: AIOKafkaConsumer, timeout_s: float) -> None:

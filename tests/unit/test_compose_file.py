@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from observability.clickhouse import SCHEMA_FILE, schema_statements
+from observability.clickhouse import SCHEMA_FILE
+from services.kit.clickhouse import sql_statements
 from simulations.components.envoy import envoy_binary
 from simulations.compose import COMPOSE_FILE, COMPOSE_SERVICE_OF, ROOT, envoy_settings, out_of_date
 from simulations.envoy_config import build_config
@@ -83,7 +84,7 @@ def test_the_collector_writes_to_the_schema_file_clickhouse_is_initialised_with(
     assert mounted == [SCHEMA_FILE.resolve()], "ClickHouse is initialised with observability/schema/otel_traces.sql"
 
     table = f'"{exporter["database"]}"."{exporter["traces_table_name"]}"'
-    statements = schema_statements(SCHEMA_FILE.read_text())
+    statements = sql_statements(SCHEMA_FILE.read_text())
     assert any(s.startswith(f"CREATE TABLE IF NOT EXISTS {table}") for s in statements)
     assert any(f"FROM {table}" in s for s in statements), "the trace-id materialized view reads that table"
 

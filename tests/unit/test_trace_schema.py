@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from observability.clickhouse import SCHEMA_FILE, schema_statements
+from observability.clickhouse import SCHEMA_FILE
+from services.kit.clickhouse import sql_statements
 
 EXPORTER = "github.com/open-telemetry/opentelemetry-collector-contrib/exporter/clickhouseexporter"
 VERSION = "v0.165.1"  # as pinned in docker-compose.yml (otel/opentelemetry-collector-contrib:0.165.1)
@@ -61,5 +62,5 @@ def test_the_trace_schema_is_the_exporters_ddl() -> None:
             TABLE,
         ),
     ]
-    ours = [s for s in schema_statements(SCHEMA_FILE.read_text()) if not s.upper().startswith("CREATE DATABASE")]
+    ours = [s for s in sql_statements(SCHEMA_FILE.read_text()) if not s.upper().startswith("CREATE DATABASE")]
     assert [normalised(s) for s in ours] == [normalised(s) for s in expected]
